@@ -1,0 +1,83 @@
+"""The contract between the training loop and a distillation method.
+
+A method is an nn.Module built once per run from a `Context` (shapes from one probe batch, the
+student and teacher modules, dataset size) and called every step with a `Step` (this batch's
+logits and features of both networks). It returns a scalar loss or a dict of named scalar terms
+(their sum is the method's loss). The loop multiplies that by the cell's weight for the method and
+adds `ce_weight * cross_entropy`: a method never weights itself by a cell weight.
+
+Everything a method owns that trains (regressors, embeddings, projectors, peers, memory banks as
+buffers) is a submodule/parameter of the method: the loop puts all method parameters into the
+optimizer, saves and restores them with the run, and switches them between train/eval with the
+student. The student and teacher are passed in, never stored as submodules (use `Context`).
+
+Stages (FitNet's hint stage, FSP/AB/FT initialisation) are declared by `stages()`: the loop runs
+each `Stage` for its epochs before the main training, optimising only `stage.params` on
+`stage.loss(step)` alone (no cross-entropy), with the recipe's optimizer at `stage.lr`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+from torch import nn
+
+
+@dataclass
+class Context:
+    student: nn.Module
+    teacher: nn.Module | None
+    s_shapes: list[torch.Size]        # shapes of student.extract(x)[0] on a probe batch (batch dim first)
+    t_shapes: list[torch.Size]        # same for the teacher ([] without a teacher)
+    num_classes: int
+    num_train: int                    # training-set size (memory banks, CRD)
+    epochs: int                       # main-stage epochs of the recipe
+    steps_per_epoch: int
+    image_shape: tuple[int, int, int]  # (C, H, W)
+    device: torch.device = torch.device("cpu")
+
+
+@dataclass
+class Step:
+    images: torch.Tensor              # (B, C, H, W) augmented, normalised
+    targets: torch.Tensor             # (B,) int64
+    index: torch.Tensor               # (B,) int64 position of each sample in the training set
+    s_logits: torch.Tensor
+    s_feats: list[torch.Tensor]
+    t_logits: torch.Tensor | None
+    t_feats: list[torch.Tensor]
+    epoch: int                        # 0-based epoch of the current stage
+    progress: float                   # epoch + fraction of the epoch done, for warm-ups
+    student: nn.Module = field(repr=False, default=None)
+    teacher: nn.Module | None = field(repr=False, default=None)
+
+
+@dataclass
+class Stage:
+    name: str
+    epochs: int
+    params: list[nn.Parameter]
+    loss: Callable[[Step], torch.Tensor]
+    lr: float | None = None           # None: the recipe's learning rate
+
+
+class Method(nn.Module):
+    """Base class. Subclasses set the class attributes they need and implement forward(step)."""
+
+    needs_features: bool = True       # False: the loop may skip feature extraction (logit methods)
+    needs_preact: bool = False        # features before the last ReLU of each stage (AB, OFD)
+    needs_teacher: bool = True        # False for online methods (DML, ONE)
+
+    def __init__(self, ctx: Context):
+        super().__init__()
+
+    def forward(self, step: Step) -> torch.Tensor | dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    def stages(self) -> list[Stage]:
+        return []
+
+    def eval_logits(self, images: torch.Tensor, student: nn.Module) -> torch.Tensor | None:
+        """Logits to evaluate instead of the student's own (ONE's gated ensemble); None = student."""
+        return None

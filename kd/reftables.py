@@ -1,0 +1,396 @@
+"""Published result tables, transcribed as printed, turned into reference entries keyed by cell id.
+
+One YAML file per published table lives in ``reference_tables/<id>.yaml`` (format: reference_tables/README.md).
+The grid under ``values:`` is the table exactly as printed (one printed row per line, cells separated by
+'|'); row and column mappings say what each printed row/column *is* (method, models, dataset, recipe,
+metric), and ``kd.ids.cell_id`` turns that into the id shared with cells, result records and reports.
+
+Merge order for an entry's fields: table ``defaults`` < column < row (a row's ``note`` is appended to the
+column's instead of replacing it). Every problem (bad YAML, unknown key or name, wrong grid shape,
+unparsable cell) raises ``KDError("<file>:<line>: ...")``. Only ``yaml.safe_load`` is used.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from kd.errors import KDError
+from kd.ids import cell_id
+
+# Names the other parts of the suite register; a reference entry may use nothing else.
+KNOWN_MODELS = frozenset(
+    "resnet8 resnet14 resnet20 resnet26 resnet32 resnet44 resnet56 resnet110 resnet8x4 resnet32x4 "
+    "wrn_10_2 wrn_16_1 wrn_16_2 wrn_28_2 wrn_40_1 wrn_40_2 vgg8 vgg13 MobileNetV2 ShuffleV1 ShuffleV2 "
+    "ResNet50 tv_resnet18 tv_resnet34 tv_resnet50 mobilenet_v1 deit_tiny deit_small regnety_160 "
+    "resnet50_in bit_m_r152x2".split())
+KNOWN_METHODS = frozenset(
+    "baseline kd dkd bss fitnet at fsp nst ft ab vid ofd reviewkd srrl srd remd ipot sp cc rkd rkd_d "
+    "rkd_a rkd_da pkt crd dml one deit_hard deit_soft civt dearkd uskd funmatch".split())
+KNOWN_RECIPES = frozenset("crd sarfraz svhn_ot imagenet deit fsp_full fsp_third".split())
+# Methods whose published number has no single teacher network (online KD, ensemble teachers).
+TEACHERLESS = frozenset({"dml", "one", "civt"})
+_DATASET_RE = re.compile(r"^(cifar10|cifar100|svhn|imagenet)(-(noisy|imb)\d+(\.\d+)?)?$")
+
+METRICS = ("top1", "top5")
+VALUE_KINDS = ("accuracy", "error")
+STATISTICS = ("last", "best", "unknown")
+CONFIDENCES = ("code", "seed", "x-check", "inferred", "memory", "unknown")
+AGGREGATES = ("mean", "ensemble")
+
+_REQUIRED = ("id", "title", "source", "metric", "value_kind", "statistic", "runs", "confidence",
+             "tolerance", "columns", "rows", "values")
+_OPTIONAL = ("values_confidence", "baseline_row", "baseline_column", "defaults", "errata", "assumptions",
+             "cell_notes")
+# Fields an entry carries that defaults/columns/rows may set.
+_ENTRY_FIELDS = ("dataset", "method", "student", "teacher", "recipe", "metric", "seed", "aggregate",
+                 "quoted_from", "note")
+# Keys only meaningful on a row/column mapping.
+_AXIS_KEYS = ("label", "printed", "info", "baseline_row")
+
+_NUM = r"[-+]?\d+(?:\.\d+)?"
+_CELL_RE = re.compile(rf"^({_NUM})\s*(?:±\s*({_NUM}))?$")
+MISSING = "N/A"
+
+
+@dataclass(frozen=True)
+class RefEntry:
+    """One published number: a (row, column) cell of a table, resolved to a cell id.
+
+    ``value``/``std`` are as printed (an error rate stays an error rate: see ``higher_is_better``);
+    ``accuracy`` converts to the accuracy scale. ``seed`` is set for single-network columns,
+    ``aggregate`` says whether the number is a mean over runs or an ensemble's accuracy.
+    ``erratum`` is set on cells the table's errata flag as wrongly printed: do not use them as targets.
+    """
+    table_id: str
+    row: str
+    column: str
+    metric: str
+    value: float
+    std: float | None
+    higher_is_better: bool
+    statistic: str
+    tolerance: float
+    cell_id: str
+    quoted_from: str | None = None
+    note: str | None = None
+    seed: int | None = None
+    aggregate: str = "mean"
+    # provenance and the names behind the cell id
+    dataset: str = ""
+    method: str = ""
+    student: str | None = None
+    teacher: str | None = None
+    recipe: str = ""
+    value_kind: str = "accuracy"
+    runs: int | None = None
+    confidence: str = "unknown"
+    raw: str = ""
+    erratum: str | None = None
+
+    @property
+    def accuracy(self) -> float:
+        """The value on the accuracy scale (100 - error for error tables)."""
+        return self.value if self.value_kind == "accuracy" else round(100.0 - self.value, 6)
+
+
+@dataclass(frozen=True)
+class InfoCell:
+    """A printed cell of an information column (e.g. FSP's 'Iter', DeiT's '#params'): not a result."""
+    row: str
+    column: str
+    raw: str
+
+
+@dataclass(frozen=True)
+class RefTable:
+    id: str
+    title: str
+    source: dict
+    metric: str
+    value_kind: str
+    statistic: str
+    runs: int | None
+    confidence: str
+    values_confidence: str | None
+    tolerance: float
+    baseline_row: str | None
+    baseline_column: str | None
+    rows: list
+    columns: list
+    entries: list
+    info: list = field(default_factory=list)
+    errata: list = field(default_factory=list)
+    assumptions: list = field(default_factory=list)
+    path: str = ""
+
+    @property
+    def higher_is_better(self) -> bool:
+        return self.value_kind == "accuracy"
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """(printed rows, printed columns), information columns included."""
+        return len(self.rows), len(self.columns)
+
+    def entry(self, row: str, column: str, *, metric: str | None = None) -> RefEntry | None:
+        """The entry printed at (row, column), or None for an N/A cell."""
+        for e in self.entries:
+            if e.row == row and e.column == column and (metric is None or e.metric == metric):
+                return e
+        return None
+
+    def baseline_of(self, e: RefEntry) -> RefEntry | None:
+        """The entry a gain of ``e`` is measured against (same column in the baseline row, or same row in
+        the baseline column for tables printed with methods as columns); None when there is none."""
+        row_over = {r["label"]: r.get("baseline_row") for r in self.rows}.get(e.row)
+        brow = row_over or self.baseline_row
+        if brow:
+            return self.entry(brow, e.column)
+        if self.baseline_column:
+            return self.entry(e.row, self.baseline_column)
+        return None
+
+
+def _err(path: Path, line: int | None, msg: str) -> KDError:
+    where = f"{path.name}:{line}" if line else path.name
+    return KDError(f"{where}: {msg}")
+
+
+def _line_of(lines: list[str], needle: str, start: int = 0) -> int | None:
+    """1-based number of the first line at or after ``start`` containing ``needle``."""
+    for i in range(start, len(lines)):
+        if needle in lines[i]:
+            return i + 1
+    return None
+
+
+def parse_cell(text: str) -> tuple[float, float | None] | None:
+    """'73.26±0.18', '94.82 ± 0.10', '$76.33 {\\pm} 0.32$', '<b>71.56</b>' -> (value, std); 'N/A' -> None.
+
+    Raises ValueError for anything else."""
+    t = text.strip()
+    if t == MISSING:
+        return None
+    t = t.replace("<b>", "").replace("</b>", "").replace("**", "").strip()
+    if t.startswith("$") and t.endswith("$"):
+        t = t[1:-1].strip()
+    t = t.replace("{\\pm}", "±").replace("\\pm", "±")
+    m = _CELL_RE.match(t)
+    if not m:
+        raise ValueError(f"cannot parse cell '{text}'")
+    return float(m.group(1)), (float(m.group(2)) if m.group(2) is not None else None)
+
+
+def _check_axis(path: Path, lines: list[str], kind: str, items, allowed: tuple) -> list[dict]:
+    if not isinstance(items, list) or not items:
+        raise _err(path, _line_of(lines, f"{kind}:"), f"'{kind}' must be a non-empty list of mappings")
+    seen = set()
+    for i, it in enumerate(items):
+        if not isinstance(it, dict) or "label" not in it:
+            raise _err(path, _line_of(lines, f"{kind}:"), f"{kind} #{i + 1} must be a mapping with a 'label'")
+        label = str(it["label"])
+        line = _line_of(lines, label)
+        bad = set(it) - set(allowed)
+        if bad:
+            raise _err(path, line, f"{kind[:-1]} '{label}': unknown key(s) {sorted(bad)}; allowed {list(allowed)}")
+        if label in seen:
+            raise _err(path, line, f"{kind[:-1]} label '{label}' is used twice (labels must be unique)")
+        seen.add(label)
+    return items
+
+
+def _resolve_cell_id(f: dict) -> str:
+    method, student, teacher = f["method"], f.get("student"), f.get("teacher")
+    if method == "teacher":
+        if not teacher:
+            raise ValueError("method 'teacher' needs a teacher model")
+        return cell_id(f["dataset"], "baseline", teacher, None, f["recipe"])
+    if not student:
+        raise ValueError(f"method '{method}' needs a student model")
+    if method == "baseline":
+        return cell_id(f["dataset"], "baseline", student, None, f["recipe"])
+    if not teacher and not (set(method.split("+")) & TEACHERLESS):
+        raise ValueError(f"method '{method}' needs a teacher model (only {sorted(TEACHERLESS)} may have none)")
+    return cell_id(f["dataset"], method, student, teacher or None, f["recipe"])
+
+
+def _check_names(f: dict) -> None:
+    if not isinstance(f.get("dataset"), str) or not _DATASET_RE.match(f["dataset"]):
+        raise ValueError(f"unknown dataset '{f.get('dataset')}'")
+    if f.get("recipe") not in KNOWN_RECIPES:
+        raise ValueError(f"unknown recipe '{f.get('recipe')}'; known: {sorted(KNOWN_RECIPES)}")
+    method = f.get("method")
+    if not isinstance(method, str):
+        raise ValueError("no method given")
+    if method != "teacher":
+        for part in method.split("+"):
+            if part not in KNOWN_METHODS:
+                raise ValueError(f"unknown method '{part}' in '{method}'")
+    for role in ("student", "teacher"):
+        if f.get(role) is not None and f[role] not in KNOWN_MODELS:
+            raise ValueError(f"unknown {role} model '{f[role]}'")
+    if f.get("metric") not in METRICS:
+        raise ValueError(f"metric must be one of {METRICS}, got '{f.get('metric')}'")
+    if f.get("aggregate", "mean") not in AGGREGATES:
+        raise ValueError(f"aggregate must be one of {AGGREGATES}")
+    if f.get("seed") is not None and not isinstance(f["seed"], int):
+        raise ValueError("seed must be an integer")
+
+
+def load_table(path) -> RefTable:
+    """Load and validate one reference table; raises KDError naming the file (and line) on any problem."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise _err(path, None, f"cannot read: {e}") from None
+    lines = text.splitlines()
+    try:
+        d = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise _err(path, line, f"malformed YAML: {problem}") from None
+    if not isinstance(d, dict):
+        raise _err(path, 1, "a reference table must be a YAML mapping")
+
+    missing = [k for k in _REQUIRED if k not in d]
+    if missing:
+        raise _err(path, None, f"missing key(s) {missing}")
+    unknown = set(d) - set(_REQUIRED) - set(_OPTIONAL)
+    if unknown:
+        k = sorted(unknown)[0]
+        raise _err(path, _line_of(lines, f"{k}:"), f"unknown key(s) {sorted(unknown)}")
+    if d["id"] != path.stem:
+        raise _err(path, _line_of(lines, "id:"), f"id '{d['id']}' must equal the file stem '{path.stem}'")
+    for key, allowed in (("metric", METRICS), ("value_kind", VALUE_KINDS), ("statistic", STATISTICS),
+                         ("confidence", CONFIDENCES)):
+        if d[key] not in allowed:
+            raise _err(path, _line_of(lines, f"{key}:"), f"{key} must be one of {allowed}, got '{d[key]}'")
+    if d.get("values_confidence") not in (None, *CONFIDENCES):
+        raise _err(path, _line_of(lines, "values_confidence:"), f"values_confidence must be one of {CONFIDENCES}")
+    if d["runs"] is not None and (not isinstance(d["runs"], int) or d["runs"] < 1):
+        raise _err(path, _line_of(lines, "runs:"), "runs must be a positive integer or null")
+    if not isinstance(d["tolerance"], (int, float)) or d["tolerance"] <= 0:
+        raise _err(path, _line_of(lines, "tolerance:"), "tolerance must be a positive number (absolute points)")
+    if not isinstance(d["source"], dict) or "paper" not in d["source"]:
+        raise _err(path, _line_of(lines, "source:"), "source must be a mapping with at least 'paper'")
+    defaults = d.get("defaults") or {}
+    if not isinstance(defaults, dict) or set(defaults) - set(_ENTRY_FIELDS):
+        raise _err(path, _line_of(lines, "defaults:"), f"defaults may only set {list(_ENTRY_FIELDS)}")
+
+    columns = _check_axis(path, lines, "columns", d["columns"], _AXIS_KEYS[:3] + _ENTRY_FIELDS)
+    rows = _check_axis(path, lines, "rows", d["rows"], ("label", "printed", "baseline_row") + _ENTRY_FIELDS)
+    col_labels = [str(c["label"]) for c in columns]
+    row_labels = [str(r["label"]) for r in rows]
+    for key, labels in (("baseline_row", row_labels), ("baseline_column", col_labels)):
+        if d.get(key) is not None and d[key] not in labels:
+            raise _err(path, _line_of(lines, f"{key}:"), f"{key} '{d[key]}' is not a printed label")
+    for r in rows:
+        if r.get("baseline_row") is not None and r["baseline_row"] not in row_labels:
+            raise _err(path, _line_of(lines, str(r["label"])), f"baseline_row '{r['baseline_row']}' is not a row")
+
+    # Cell notes and per-cell errata: {row, column, note} / {row, column, text}.
+    cell_notes: dict[tuple[str, str], list[str]] = {}
+    for n in d.get("cell_notes") or []:
+        if not isinstance(n, dict) or set(n) != {"row", "column", "note"} \
+                or n["row"] not in row_labels or n["column"] not in col_labels:
+            raise _err(path, _line_of(lines, "cell_notes:"), f"bad cell note {n!r}: need row, column, note of printed labels")
+        cell_notes.setdefault((n["row"], n["column"]), []).append(str(n["note"]))
+    errata, cell_errata = [], {}
+    for e in d.get("errata") or []:
+        if isinstance(e, str):
+            errata.append(e)
+        elif isinstance(e, dict) and set(e) == {"row", "column", "text"} \
+                and e["row"] in row_labels and e["column"] in col_labels:
+            errata.append(f"{e['row']} / {e['column']}: {e['text']}")
+            cell_errata[(e["row"], e["column"])] = str(e["text"])
+        else:
+            raise _err(path, _line_of(lines, "errata:"), f"bad erratum {e!r}: a string or {{row, column, text}}")
+
+    # The grid: one printed row per non-blank line, '|' between cells.
+    grid_text = d["values"]
+    if not isinstance(grid_text, str):
+        raise _err(path, _line_of(lines, "values:"), "values must be a block string ('values: |')")
+    vline = next((i + 1 for i, l in enumerate(lines) if re.match(r"^values\s*:", l)), None)
+    first = (vline + 1) if vline else None  # block scalar content starts on the next line
+    grid = [(i, l) for i, l in enumerate(grid_text.split("\n")) if l.strip()]
+    if len(grid) != len(rows):
+        raise _err(path, vline, f"grid has {len(grid)} line(s) but {len(rows)} row(s) are declared")
+
+    info_cols = {c["label"] for c in columns if c.get("info")}
+    if len(info_cols) == len(columns):
+        raise _err(path, _line_of(lines, "columns:"), "every column is an information column")
+    entries, info = [], []
+    for (offset, gl), row in zip(grid, rows):
+        lineno = first + offset if first else None
+        cells = [c.strip() for c in gl.split("|")]
+        if len(cells) != len(columns):
+            raise _err(path, lineno, f"row '{row['label']}' has {len(cells)} cell(s) but {len(columns)} column(s) are declared")
+        for col, raw in zip(columns, cells):
+            if col["label"] in info_cols:
+                info.append(InfoCell(str(row["label"]), str(col["label"]), raw))
+                continue
+            try:
+                parsed = parse_cell(raw)
+            except ValueError as e:
+                raise _err(path, lineno, f"row '{row['label']}', column '{col['label']}': {e}") from None
+            if parsed is None:
+                continue
+            f = {"metric": d["metric"], "aggregate": "mean", "seed": None, "quoted_from": None, "note": None,
+                 "teacher": None, "student": None}
+            notes = []
+            for layer in (defaults, col, row):
+                for k in _ENTRY_FIELDS:
+                    if k in layer:
+                        if k == "note":
+                            if layer[k]:
+                                notes.append(str(layer[k]))
+                        else:
+                            f[k] = layer[k]
+            notes += cell_notes.get((row["label"], col["label"]), [])
+            try:
+                _check_names(f)
+                cid = _resolve_cell_id(f)
+            except ValueError as e:
+                raise _err(path, lineno, f"row '{row['label']}', column '{col['label']}': {e}") from None
+            entries.append(RefEntry(
+                table_id=d["id"], row=str(row["label"]), column=str(col["label"]), metric=f["metric"],
+                value=parsed[0], std=parsed[1], higher_is_better=d["value_kind"] == "accuracy",
+                statistic=d["statistic"], tolerance=float(d["tolerance"]), cell_id=cid,
+                quoted_from=f["quoted_from"], note="; ".join(notes) or None, seed=f["seed"],
+                aggregate=f["aggregate"], dataset=f["dataset"], method=f["method"], student=f["student"],
+                teacher=f["teacher"], recipe=f["recipe"], value_kind=d["value_kind"], runs=d["runs"],
+                confidence=d["confidence"], raw=raw,
+                erratum=cell_errata.get((row["label"], col["label"]))))
+
+    return RefTable(
+        id=d["id"], title=str(d["title"]), source=d["source"], metric=d["metric"], value_kind=d["value_kind"],
+        statistic=d["statistic"], runs=d["runs"], confidence=d["confidence"],
+        values_confidence=d.get("values_confidence"), tolerance=float(d["tolerance"]),
+        baseline_row=d.get("baseline_row"), baseline_column=d.get("baseline_column"),
+        rows=rows, columns=columns, entries=entries, info=info, errata=errata,
+        assumptions=list(d.get("assumptions") or []), path=str(path))
+
+
+def load_all(root="reference_tables") -> list[RefTable]:
+    """Every ``<root>/*.yaml`` table, sorted by file name; table ids must be unique.
+
+    A relative ``root`` that does not exist from the working directory is taken from the repository root."""
+    root = Path(root)
+    if not root.is_absolute() and not root.is_dir():
+        root = Path(__file__).resolve().parents[1] / root
+    if not root.is_dir():
+        raise KDError(f"reference table folder '{root}' does not exist")
+    tables, seen = [], {}
+    for p in sorted(root.glob("*.yaml")):
+        t = load_table(p)
+        if t.id in seen:
+            raise KDError(f"{p.name}: table id '{t.id}' is also used by {seen[t.id]}")
+        seen[t.id] = p.name
+        tables.append(t)
+    return tables
