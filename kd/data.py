@@ -49,7 +49,7 @@ class Dataset:
 
 # --- variants ---------------------------------------------------------------------------------
 
-_VARIANT = re.compile(r"^(noisy|imb|sub)([0-9.]+)$")
+_VARIANT = re.compile(r"^(noisy|imb|sub|test)([0-9.]+)$")
 
 
 def split_name(name: str) -> tuple[str, list[str]]:
@@ -80,7 +80,8 @@ def apply_variant(ds: Dataset, variant: str, seed: int = 0) -> Dataset:
     """Deterministic in `seed`; the test set is never changed."""
     m = _VARIANT.match(variant)
     if not m:
-        raise KDError(f"unknown dataset variant '{variant}'; valid: noisy<rate>, imb<gamma>, sub<n>, e.g. cifar10-noisy0.2")
+        raise KDError(f"unknown dataset variant '{variant}'; valid: noisy<rate>, imb<gamma>, sub<n>, test<n>, "
+                      f"e.g. cifar10-noisy0.2")
     kind, val = m.group(1), float(m.group(2))
     g = torch.Generator().manual_seed(seed)
     if kind == "noisy":
@@ -101,6 +102,12 @@ def apply_variant(ds: Dataset, variant: str, seed: int = 0) -> Dataset:
         info = {"imbalance": "power", "gamma": val, "class_counts": counts, "imbalance_seed": seed}
         return replace(ds, train_x=ds.train_x[keep], train_y=ds.train_y[keep], info={**ds.info, **info})
     n = int(val)
+    if kind == "test":  # a seeded subset of the test set, for short CPU runs; recorded in the result
+        if n > len(ds.test_y):
+            raise KDError(f"test subset of {n} asked, but {ds.name} has {len(ds.test_y)} test images")
+        keep = torch.randperm(len(ds.test_y), generator=g)[:n].sort().values
+        return replace(ds, test_x=ds.test_x[keep], test_y=ds.test_y[keep],
+                       info={**ds.info, "test_subset": n, "test_subset_seed": seed})
     if n > ds.num_train:
         raise KDError(f"subset of {n} asked, but {ds.name} has {ds.num_train} training images")
     keep = torch.randperm(ds.num_train, generator=g)[:n].sort().values
@@ -223,10 +230,10 @@ def read_image_folder(d: Path, size: int | None = None) -> tuple[torch.Tensor, t
 
 
 def _cached_folder(d: Path, size: int | None):
-    """Decode once, cache as .npz under <data root>/.cache keyed by path, file count and mtimes."""
+    """Decode once, cache as .npz under $KD_CACHE (default ~/.cache/kd) keyed by path, names and mtimes."""
     files = sorted(str(p.relative_to(d)) + str(p.stat().st_mtime_ns) for p in d.rglob("*") if p.is_file())
     key = hashlib.sha256(("\n".join(files) + f"|{size}").encode()).hexdigest()[:16]
-    cache = d.parent / ".cache" / f"{d.parent.name}_{d.name}_{key}.npz"
+    cache = Path(os.environ.get("KD_CACHE", Path.home() / ".cache" / "kd")) / f"{d.parent.name}_{d.name}_{key}.npz"
     if cache.is_file():
         z = np.load(cache)
         return torch.from_numpy(z["x"]), torch.from_numpy(z["y"]), list(z["classes"])
@@ -237,7 +244,7 @@ def _cached_folder(d: Path, size: int | None):
         np.savez(tmp, x=x.numpy(), y=y.numpy(), classes=np.array(classes))
         os.replace(tmp, cache)
     except OSError:
-        pass  # read-only data root: decode again next time
+        pass  # unwritable cache: decode again next time
     return x, y, classes
 
 
