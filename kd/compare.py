@@ -190,7 +190,7 @@ def _add_gains(table, rows: list[Row]) -> None:
         b = base.get((r.column, r.metric))
         if b is None or r is b:
             continue
-        sign = 1.0
+        sign = 1.0 if r.higher_is_better else -1.0
         r.gain_published = sign * (r.published - b.published)
         if r.ours is not None and b.ours is not None:
             r.gain_ours = sign * (r.ours - b.ours)

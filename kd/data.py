@@ -46,6 +46,10 @@ class Dataset:
     def num_train(self) -> int:
         return len(self.train_y)
 
+    def on_device(self, device: torch.device) -> "DeviceData":
+        """The batch source the training loop uses (a streaming dataset returns its own)."""
+        return DeviceData(self, device)
+
 
 # --- variants ---------------------------------------------------------------------------------
 
@@ -302,6 +306,18 @@ class DeviceData:
         self.test_y = ds.test_y.to(device)
         self.mean = torch.tensor(ds.mean, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(ds.std, device=device).view(1, -1, 1, 1)
+
+    @property
+    def num_train(self) -> int:
+        return len(self.train_y)
+
+    @property
+    def num_test(self) -> int:
+        return len(self.test_y)
+
+    def probe(self, n: int) -> torch.Tensor:
+        """A few normalised training images, to learn feature shapes."""
+        return self.normalise(self.train_x[:n])
 
     def normalise(self, x_uint8: torch.Tensor) -> torch.Tensor:
         return (x_uint8.float().div_(255) - self.mean) / self.std

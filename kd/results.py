@@ -20,12 +20,16 @@ import os
 from pathlib import Path
 
 SCHEMA = 1
-RESULTS_DIR = Path(os.environ.get("KD_RESULTS", "results"))
+
+
+def results_root(override: str | os.PathLike | None = None) -> Path:
+    """--results, else $KD_RESULTS, else ./results (read at call time)."""
+    return Path(override or os.environ.get("KD_RESULTS", "results"))
 
 
 def results_file(dataset: str, root: Path | None = None) -> Path:
     """One JSONL file per dataset family (the part of the dataset name before a variant)."""
-    return Path(root or RESULTS_DIR) / f"{dataset.split('-')[0]}.jsonl"
+    return results_root(root) / f"{dataset.split('-')[0]}.jsonl"
 
 
 def append_record(record: dict, path: Path) -> None:
@@ -46,7 +50,7 @@ def append_record(record: dict, path: Path) -> None:
 def read_records(root: Path | None = None) -> list[dict]:
     """Every result line under root (recursively, *.jsonl), in file order."""
     out = []
-    for f in sorted(Path(root or RESULTS_DIR).rglob("*.jsonl")):
+    for f in sorted(results_root(root).rglob("*.jsonl")):
         for i, line in enumerate(f.read_text().splitlines(), 1):
             if line.strip():
                 try:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
 import math
 import os
 import platform
@@ -149,6 +150,8 @@ def accuracy(logits: torch.Tensor, y: torch.Tensor, ks=(1, 5)) -> list[torch.Ten
 @torch.no_grad()
 def evaluate(student: nn.Module, methods: list[Method], data: DeviceData) -> tuple[float, float]:
     student.eval()
+    for m in methods:
+        m.eval()
     c1 = c5 = 0
     for x, y in data.test_batches():
         logits = None
@@ -160,7 +163,7 @@ def evaluate(student: nn.Module, methods: list[Method], data: DeviceData) -> tup
             logits = student(x)
         a1, a5 = accuracy(logits.float(), y)
         c1, c5 = c1 + a1, c5 + a5
-    n = len(data.test_y)
+    n = data.num_test
     return 100.0 * float(c1) / n, 100.0 * float(c5) / n
 
 
@@ -178,7 +181,7 @@ class Run:
 
     def run(self, stop_after_epochs: int | None = None) -> dict:
         self.load_data()
-        teacher, sha = get_teacher(self.cell, self.recipe, self.ds.num_classes, self.device, data_root=self.data_root,
+        teacher, sha, self.teacher_id = get_teacher(self.cell, self.recipe, self.ds.num_classes, self.device, data_root=self.data_root,
                                    store=self.store, results_dir=self.results_dir, progress=self.progress, log=self.log)
         self.build(teacher, sha)
         return self.train(stop_after_epochs)
@@ -189,7 +192,7 @@ class Run:
         if "subset" in self.recipe.overrides:
             dataset += f"-sub{self.recipe.overrides['subset']}"
         self.ds = load_dataset(dataset, self.data_root, seed=self.recipe.data_seed)
-        self.data = DeviceData(self.ds, self.device)
+        self.data = self.ds.on_device(self.device)
 
     def build(self, teacher: nn.Module | None, teacher_sha: str | None):
         ds = self.ds
@@ -205,14 +208,14 @@ class Run:
             raise KDError(f"{self.id}: a method needs a teacher but the cell has none")
         self.need_feats = any(c.needs_features for c in classes)
         self.preact = any(c.needs_preact for c in classes)
-        probe = self.data.normalise(self.data.train_x[:2])
+        probe = self.data.probe(2)
         with torch.no_grad():
             self.student.eval()
             s_feats, _ = self.student.extract(probe, preact=self.preact)
             t_feats = teacher.extract(probe, preact=self.preact)[0] if teacher is not None else []
         steps = math.ceil(ds.num_train / self.recipe.batch_size)
         ctx = Context(self.student, teacher, [f.shape for f in s_feats], [f.shape for f in t_feats],
-                      ds.num_classes, ds.num_train, self.recipe.epochs, steps, tuple(ds.train_x.shape[1:]),
+                      ds.num_classes, ds.num_train, self.recipe.epochs, steps, tuple(probe.shape[1:]),
                       self.device)
         torch.manual_seed(self.seed + 1)
         try:
@@ -259,7 +262,7 @@ class Run:
     def _epoch(self, stage: Stage | None, opt, gen, epoch: int) -> float:
         self.student.train()
         self.method_modules.train()
-        steps = math.ceil(len(self.data.train_y) / self.recipe.batch_size)
+        steps = math.ceil(self.data.num_train / self.recipe.batch_size)
         total = torch.zeros((), device=self.device)
         amp = self.recipe.amp and self.device.type == "cuda"
         for i, (idx, x, y) in enumerate(self.data.train_batches(self.recipe.batch_size, gen)):
@@ -341,7 +344,7 @@ class Run:
                     if self.device.type == "cuda":
                         torch.cuda.synchronize()
                     elapsed += time.perf_counter() - t0
-                    images += len(self.data.train_y)
+                    images += self.data.num_train
                     sched.step()
                     top1, top5 = evaluate(self.student, self.methods, self.data)
                     entry = {"epoch": epoch + 1, "top1": round(top1, 4), "top5": round(top5, 4),
@@ -380,34 +383,47 @@ class Run:
             rec["error"] = error
         rec.update(curve=curve, stage_curve=stage_log,
                    config={"cell": c.to_dict(), "recipe": asdict(self.recipe), "dataset_info": self.ds.info,
-                           "num_train": self.ds.num_train, "num_test": len(self.ds.test_y)},
+                           "num_train": self.ds.num_train, "num_test": self.data.num_test},
+                   teacher_cell=self.teacher_id,
                    teacher_checkpoint_sha256=self.teacher_sha, git=_git(), versions=_versions(),
                    device=_device_name(self.device), wall_s=round(elapsed, 3),
                    images_per_s=round(images / elapsed, 1) if elapsed else None,
                    started=started.isoformat(timespec="seconds"),
                    finished=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), host=platform.node(),
                    argv=sys.argv[1:])
+        rec = json.loads(json.dumps(rec))      # the record as it is stored (tuples become lists)
         append_record(rec, results_file(c.dataset, self.results_dir))
         return rec
 
 
 def get_teacher(cell: Cell, recipe: Recipe, num_classes: int, device, *, data_root=None, store=None,
-                results_dir=None, progress=True, log=print) -> tuple[nn.Module | None, str | None]:
+                results_dir=None, progress=True, log=print) -> tuple[nn.Module | None, str | None, str | None]:
     """The frozen teacher of `cell`: from the checkpoint store (sha256-checked), or trained now by
     its own cell (the baseline method on the teacher architecture, the teacher recipe, the recipe's
     teacher seed, the same overrides)."""
     if not cell.teacher:
-        return None, None
+        return None, None, None
     tcell = cell.teacher_cell(recipe)
-    trecipe = load_recipe(tcell.recipe).with_overrides(**recipe.overrides)
-    tid = cell_id(tcell.dataset, "baseline", tcell.student, None, trecipe.id)
-    path = checkpoint_path(tid, recipe.teacher_seed, store_root(store))
-    if not path.is_file():
+    full = load_recipe(tcell.recipe)
+    trecipe = full.with_overrides(**recipe.overrides)
+    store = store_root(store)
+    # A quick-check run (overrides) uses the full-protocol teacher when one is stored (trained or
+    # imported); otherwise it trains a teacher under the same overrides.
+    candidates = [trecipe] + ([full] if recipe.overrides else [])
+    path = tid = None
+    for tr in candidates:
+        cid = cell_id(tcell.dataset, "baseline", tcell.student, None, tr.id)
+        if checkpoint_path(cid, recipe.teacher_seed, store).is_file():
+            tid, path = cid, checkpoint_path(cid, recipe.teacher_seed, store)
+            break
+    if path is None:
+        tid = cell_id(tcell.dataset, "baseline", tcell.student, None, trecipe.id)
+        path = checkpoint_path(tid, recipe.teacher_seed, store)
         log(f"no stored teacher for {tid}: training it first (seed {recipe.teacher_seed})")
         Run(tcell, trecipe, recipe.teacher_seed, device, data_root, store, results_dir, progress, log).run()
     model = build_model(cell.teacher, num_classes).to(device)
     sha = load_checkpoint(model, path)
-    return freeze(model), sha
+    return freeze(model), sha, tid
 
 
 def run_cell(cell: Cell, seed: int = 0, *, device: str | None = None, overrides: dict | None = None,

@@ -40,10 +40,10 @@ def load_weights(model: torch.nn.Module, path) -> torch.nn.Module:
     except FileNotFoundError:
         raise KDError(f"checkpoint {path} does not exist") from None
     except Exception as e:  # noqa: BLE001 - any unreadable file gets the same one-line refusal
-        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()] or [type(e).__name__]
-        why = next((ln for ln in lines if "Unsupported global" in ln), lines[0])
-        raise KDError(f"checkpoint {path} cannot be loaded as a plain state_dict "
-                      f"(torch.load weights_only=True: {why})") from None
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()] or [""]
+        why = next((ln for ln in lines if "global" in ln.lower()), lines[0])  # the refused class, if any
+        raise KDError(f"checkpoint {path} is not a plain state_dict: torch.load(weights_only=True) "
+                      f"refused it ({type(e).__name__}: {why})") from None
     for wrapper in ("model", "state_dict"):
         if isinstance(obj, Mapping) and isinstance(obj.get(wrapper), Mapping):
             obj = obj[wrapper]
