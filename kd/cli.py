@@ -79,6 +79,62 @@ def cmd_import_teacher(a):
     print(f"imported {src} as teacher {cell.id} ({digest[:12]}…) -> {dst}")
 
 
+def _compare(results=None, only: list[str] | None = None):
+    from kd.compare import compare, extras
+    from kd.reftables import load_all
+    from kd.results import read_records
+    from kd.table import REPO
+    tables = [t for t in load_all(REPO / "reference_tables") if not only or t.id in only]
+    if only and len(tables) != len(set(only)):
+        known = {t.id for t in load_all(REPO / "reference_tables")}
+        raise KDError(f"unknown table(s) {', '.join(sorted(set(only) - known))}; valid: {', '.join(sorted(known))}")
+    records = read_records(Path(results) if results else None)
+    rows = compare(tables, records)
+    return tables, records, rows, extras(tables, records)
+
+
+def cmd_compare(a):
+    from tabulate import tabulate
+    from kd.compare import check, summary
+    tables, records, rows, extra = _compare(a.results, a.table)
+    judged = [r for r in rows if r.verdict != "missing"]
+    if judged:
+        print(tabulate([[r.table_id, r.row, r.column, r.published, f"{r.ours:.2f}" if r.ours is not None else "-",
+                         r.n, f"{r.delta:+.2f}" if r.delta is not None else "-", r.verdict] for r in judged],
+                       headers=["table", "row", "column", "published", "ours", "n", "delta", "verdict"]))
+    counts = summary(rows)
+    print(tabulate([[t.id] + [counts.get(t.id, {}).get(v, 0) for v in ("reproduced", "below", "above", "missing")]
+                    for t in tables], headers=["table", "reproduced", "below", "above", "missing"]))
+    if extra:
+        print(f"{len({r.cell_id for r in extra})} result cells are named by no reference table")
+    if a.check:
+        bad = check(rows)
+        for r in bad:
+            print(f"FAIL {r.table_id} | {r.row} | {r.column}: ours {r.ours:.2f} vs {r.published} "
+                  f"(delta {r.delta:+.2f}, tolerance {r.tolerance})", file=sys.stderr)
+        if bad:
+            raise SystemExit(1)
+        print(f"check passed: {len(judged)} judged entries within tolerance")
+
+
+def cmd_report(a):
+    from kd.report import write_reports
+    tables, records, rows, _ = _compare(a.results, a.table)
+    out = Path(a.out or Path(a.results or os.environ.get("KD_RESULTS", "results")) / "reports")
+    paths = write_reports(tables, rows, out, n_results=len(records))
+    print(f"wrote {len(paths)} files under {out} (open {out / 'index.html'})")
+
+
+def cmd_table(a):
+    from kd.table import run_table
+    ov = {"epochs": a.epochs, "batch_size": a.batch_size, "lr": a.lr, "subset": a.subset}
+    ov = {k: v for k, v in ov.items() if v is not None}
+    run_table(a.name, a.seed, ov, progress=not a.no_progress, device=a.device, data_root=a.data_root,
+              store=a.store, results_dir=a.results)
+    a.table, a.out = [a.name], None
+    cmd_report(a)
+
+
 def cmd_demo(a):
     from kd.demo import demo
     demo(seeds=a.seeds, results=a.results, store=a.store, progress=not a.no_progress)
@@ -115,6 +171,26 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--seeds", type=int, default=3)
     _common(d)
     d.set_defaults(fn=cmd_demo)
+
+    c = sub.add_parser("compare", help="judge results against the reference tables")
+    c.add_argument("--table", nargs="+", help="only these tables")
+    c.add_argument("--check", action="store_true", help="exit 1 when a result is outside its tolerance (CI)")
+    c.add_argument("--results")
+    c.set_defaults(fn=cmd_compare)
+
+    rp = sub.add_parser("report", help="write Markdown and HTML reports under results/reports/")
+    rp.add_argument("--table", nargs="+", help="only these tables")
+    rp.add_argument("--out", help="output folder (default: <results>/reports)")
+    rp.add_argument("--results")
+    rp.set_defaults(fn=cmd_report)
+
+    tb = sub.add_parser("table", help="run every missing cell of a reference table, then write its report")
+    tb.add_argument("name", help="table id, e.g. crd2020_table1 (see reference_tables/)")
+    tb.add_argument("--seed", type=int, nargs="+", default=[0])
+    for flag, typ in (("--epochs", int), ("--batch-size", int), ("--lr", float), ("--subset", int)):
+        tb.add_argument(flag, type=typ, help="override (recorded as another recipe)")
+    _common(tb)
+    tb.set_defaults(fn=cmd_table)
 
     a = p.parse_args(argv)
     try:

@@ -11,6 +11,7 @@ import tempfile
 import time
 
 from kd.cells import find_cell
+from kd.results import results_root
 from kd.train import run_cell
 
 CELLS = ["digits/baseline/tiny_t/digits", "digits/baseline/tiny_s/digits", "digits/kd/tiny_s_from_tiny_t/digits"]
@@ -36,5 +37,29 @@ def demo(seeds: int = 3, results=None, store=None, progress: bool = True) -> lis
         rows.append([cid, len(rs), _fmt([r["top1_last"] for r in rs]), _fmt([r["top1_best"] for r in rs]),
                      f"{sum(r['wall_s'] for r in rs):.1f}"])
     print(tabulate(rows, headers=["cell", "seeds", "top-1 last (%)", "top-1 best (%)", "train s"], tablefmt="github"))
-    print(f"demo finished in {time.perf_counter() - t0:.0f} s; result lines appended under results/")
+    _compare_and_report(results)
+    print(f"demo finished in {time.perf_counter() - t0:.0f} s; result lines appended under {results_root(results)}/")
     return records
+
+
+def _compare_and_report(results) -> None:
+    """Judge the digits results against the recorded reference and write its reports."""
+    from pathlib import Path
+
+    from kd.compare import compare
+    from kd.reftables import load_all
+    from kd.report import write_reports
+    from kd.results import read_records
+    from kd.table import REPO
+    tables = [t for t in load_all(REPO / "reference_tables") if t.id == "recorded_digits"]
+    if not tables:
+        print("no recorded reference for digits yet (tools/record_reference.py writes it)")
+        return
+    records = read_records(results_root(results))
+    rows = compare(tables, records)
+    for r in rows:
+        ours = f"{r.ours:.2f} ± {r.ours_std or 0:.2f} (n={r.n})" if r.ours is not None else "-"
+        print(f"  {r.row:8s} recorded {r.published:6.2f}  ours {ours:22s} {r.verdict}")
+    out = Path(results_root(results)) / "reports"
+    write_reports(tables, rows, out, n_results=len(records))
+    print(f"reports: {out / 'recorded_digits.md'} and {out / 'recorded_digits.html'}")

@@ -25,14 +25,14 @@ KNOWN_MODELS = frozenset(
     "resnet8 resnet14 resnet20 resnet26 resnet32 resnet44 resnet56 resnet110 resnet8x4 resnet32x4 "
     "wrn_10_2 wrn_16_1 wrn_16_2 wrn_28_2 wrn_40_1 wrn_40_2 vgg8 vgg13 MobileNetV2 ShuffleV1 ShuffleV2 "
     "ResNet50 tv_resnet18 tv_resnet34 tv_resnet50 mobilenet_v1 deit_tiny deit_small regnety_160 "
-    "resnet50_in bit_m_r152x2".split())
+    "resnet50_in bit_m_r152x2 tiny_t tiny_s".split())
 KNOWN_METHODS = frozenset(
     "baseline kd dkd bss fitnet at fsp nst ft ab vid ofd reviewkd srrl srd remd ipot sp cc rkd rkd_d "
     "rkd_a rkd_da pkt crd dml one deit_hard deit_soft civt dearkd uskd funmatch".split())
-KNOWN_RECIPES = frozenset("crd sarfraz svhn_ot imagenet deit fsp_full fsp_third".split())
+KNOWN_RECIPES = frozenset("crd sarfraz svhn_ot imagenet deit fsp_full fsp_third digits".split())
 # Methods whose published number has no single teacher network (online KD, ensemble teachers).
 TEACHERLESS = frozenset({"dml", "one", "civt"})
-_DATASET_RE = re.compile(r"^(cifar10|cifar100|svhn|imagenet)(-(noisy|imb)\d+(\.\d+)?)?$")
+_DATASET_RE = re.compile(r"^(cifar10|cifar100|svhn|imagenet|digits)(-(noisy|imb)\d+(\.\d+)?)?$")
 
 METRICS = ("top1", "top5")
 VALUE_KINDS = ("accuracy", "error")

@@ -1,0 +1,65 @@
+"""`kd table NAME`: run every missing cell of a reference table, then write its report.
+
+Order: teacher cells first (each trained once, with the recipe's teacher seed), then the other
+cells; a cell already recorded for a seed is skipped, and an interrupted run resumes from its
+per-epoch state, so running the same command again after an interruption finishes the table with
+every cell recorded exactly once.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from kd.cells import load_cells, load_recipe
+from kd.errors import KDError
+from kd.ids import cell_id, parse_cell_id
+from kd.reftables import load_all
+from kd.results import read_records
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def table_by_name(name: str):
+    tables = load_all(REPO / "reference_tables")
+    for t in tables:
+        if t.id == name:
+            return t
+    raise KDError(f"unknown table '{name}'; valid tables: {', '.join(sorted(t.id for t in tables))}")
+
+
+def plan(table, overrides: dict, seeds: list[int]):
+    """(cells to run in order, entries without a registered cell) for `table` under `overrides`."""
+    cells = load_cells()
+    ids, unregistered = [], []
+    for e in table.entries:
+        if e.cell_id in cells:
+            if e.cell_id not in ids:
+                ids.append(e.cell_id)
+        else:
+            unregistered.append(e)
+    teachers = [i for i in ids if any(cells[j].teacher and cells[j].teacher_cell(load_recipe(cells[j].recipe)).id == i
+                                      for j in ids)]
+    ordered = teachers + [i for i in ids if i not in teachers]
+    return [cells[i] for i in ordered], unregistered
+
+
+def run_table(name: str, seeds: list[int], overrides: dict, progress=True, **kw) -> list[dict]:
+    from tqdm import tqdm
+    from kd.train import run_cell
+    table = table_by_name(name)
+    cells, unregistered = plan(table, overrides, seeds)
+    if unregistered:
+        print(f"{len(unregistered)} entries have no runnable cell (quoted methods): "
+              + ", ".join(sorted({e.cell_id for e in unregistered}))[:500])
+    results_dir = kw.get("results_dir")
+    out = []
+    bar = tqdm(total=len(cells) * len(seeds), desc=f"table {name}", unit="run", disable=not progress)
+    for cell in cells:
+        recipe_id = load_recipe(cell.recipe).with_overrides(**overrides).id
+        cid = cell_id(cell.dataset, cell.label, cell.student, cell.teacher, recipe_id)
+        for seed in seeds:
+            done = {(r["cell_id"], r["seed"]) for r in read_records(results_dir) if r.get("status") == "ok"}
+            if (cid, seed) not in done:
+                out.append(run_cell(cell, seed, overrides=overrides, progress=progress, **kw))
+            bar.update(1)
+    bar.close()
+    return out

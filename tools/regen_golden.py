@@ -1,0 +1,64 @@
+"""The only writer of tests/golden/losses.json: each method's loss on a fixed small input.
+
+    python tools/regen_golden.py          # after an intended change of a method's numbers
+
+tests/test_golden.py recomputes every value and fails when any changes, so a change of a loss
+formula, a default hyperparameter or a reduction cannot pass unnoticed. Commit the regenerated file
+together with the change that justifies it.
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+GOLDEN = REPO / "tests" / "golden" / "losses.json"
+
+
+def method_losses(name: str) -> dict[str, float]:
+    """Named loss terms of method `name` for tiny_s <- tiny_t (10 classes) on a fixed batch of 8
+    16x16 images, every random draw seeded. The teacher is frozen in eval mode; the student in
+    train mode, as in the training loop."""
+    import kd.methods  # noqa: F401
+    import kd.models  # noqa: F401
+    from kd.methods.base import Context, Step
+    from kd.registry import METHODS, MODELS
+    torch.manual_seed(0)
+    s, t = MODELS["tiny_s"](num_classes=10), MODELS["tiny_t"](num_classes=10)
+    t.eval().requires_grad_(False)
+    cls = METHODS[name]
+    g = torch.Generator().manual_seed(1)
+    x, y = torch.randn(8, 3, 16, 16, generator=g), torch.randint(0, 10, (8,), generator=g)
+    idx = torch.arange(8)
+    with torch.no_grad():
+        s.eval()
+        sf, _ = s.extract(x[:2], preact=cls.needs_preact)
+        tf, _ = t.extract(x[:2], preact=cls.needs_preact)
+    torch.manual_seed(2)
+    m = cls(Context(s, t, [f.shape for f in sf], [f.shape for f in tf], 10, 64, 10, 8, (3, 16, 16)))
+    s.train(), m.train()
+    torch.manual_seed(3)
+    sf, sl = s.extract(x, preact=cls.needs_preact)
+    with torch.no_grad():
+        tf, tl = t.extract(x, preact=cls.needs_preact)
+    out = m(Step(x, y, idx, sl, sf, tl, tf, 1, 1.0, s, t))
+    terms = out if isinstance(out, dict) else {"loss": out}
+    return {k: float(v.detach()) for k, v in sorted(terms.items())}
+
+
+def all_losses() -> dict[str, dict[str, float]]:
+    from kd.registry import METHODS
+    import kd.methods  # noqa: F401
+    torch.set_num_threads(1)
+    return {name: method_losses(name) for name in sorted(METHODS)}
+
+
+if __name__ == "__main__":
+    values = all_losses()
+    GOLDEN.parent.mkdir(parents=True, exist_ok=True)
+    GOLDEN.write_text(json.dumps(values, indent=1, sort_keys=True) + "\n")
+    print(f"wrote {len(values)} methods to {GOLDEN}")
