@@ -351,3 +351,4 @@ class DeviceData:
     def test_batches(self, batch_size: int = 1000):
         for i in range(0, len(self.test_y), batch_size):
             yield self.normalise(self.test_x[i:i + batch_size]), self.test_y[i:i + batch_size]
+import kd.imagenet  # noqa: E402,F401  (registers the streaming ImageNet dataset)

@@ -25,7 +25,7 @@ KNOWN_MODELS = frozenset(
     "resnet8 resnet14 resnet20 resnet26 resnet32 resnet44 resnet56 resnet110 resnet8x4 resnet32x4 "
     "wrn_10_2 wrn_16_1 wrn_16_2 wrn_28_2 wrn_40_1 wrn_40_2 vgg8 vgg13 MobileNetV2 ShuffleV1 ShuffleV2 "
     "ResNet50 tv_resnet18 tv_resnet34 tv_resnet50 mobilenet_v1 deit_tiny deit_small regnety_160 "
-    "resnet50_in bit_m_r152x2 tiny_t tiny_s".split())
+    "resnet50_in bit_m_r152x2 tiny_t tiny_s deit_tiny_nodist deit_small_nodist".split())
 KNOWN_METHODS = frozenset(
     "baseline kd dkd bss fitnet at fsp nst ft ab vid ofd reviewkd srrl srd remd ipot sp cc rkd rkd_d "
     "rkd_a rkd_da pkt crd dml one deit_hard deit_soft civt dearkd uskd funmatch".split())

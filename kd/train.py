@@ -178,6 +178,7 @@ class Run:
         self.results_dir = Path(results_dir) if results_dir else None
         self.progress, self.log = progress, log
         self.state_path = self.store / "runs" / _safe(self.id) / f"seed{seed}.state.pt"
+        self.teacher_id, self.git = None, None
 
     def run(self, stop_after_epochs: int | None = None) -> dict:
         self.load_data()
@@ -308,6 +309,7 @@ class Run:
         """Run all stages then the main training; returns the result record (also appended).
         `stop_after_epochs` interrupts after that many epochs in total (for resume tests)."""
         started = dt.datetime.now(dt.timezone.utc)
+        self.git = _git()                          # the code as it was when the run started
         r = self.recipe
         lr = r.lr_for(self.cell.student)
         plan = [(i, s, s.epochs) for i, s in enumerate(self.stages)] + [(len(self.stages), None, r.epochs)]
@@ -385,7 +387,7 @@ class Run:
                    config={"cell": c.to_dict(), "recipe": asdict(self.recipe), "dataset_info": self.ds.info,
                            "num_train": self.ds.num_train, "num_test": self.data.num_test},
                    teacher_cell=self.teacher_id,
-                   teacher_checkpoint_sha256=self.teacher_sha, git=_git(), versions=_versions(),
+                   teacher_checkpoint_sha256=self.teacher_sha, git=self.git, versions=_versions(),
                    device=_device_name(self.device), wall_s=round(elapsed, 3),
                    images_per_s=round(images / elapsed, 1) if elapsed else None,
                    started=started.isoformat(timespec="seconds"),

@@ -5,30 +5,13 @@ from dataclasses import dataclass, field
 
 import pytest
 
+from synthetic import E  # noqa: E402
+
 from kd.compare import aggregate, check, compare, extras, rankings, summary, verdict
 
 
 def cid(label, recipe="std", dataset="cifar100"):
     return f"{dataset}/{label}/resnet8x4_from_resnet32x4/{recipe}"
-
-
-@dataclass
-class E:
-    row: str
-    column: str
-    value: float
-    cell_id: str | None
-    metric: str = "top1"
-    std: float | None = None
-    higher_is_better: bool = True
-    statistic: str = "last"
-    tolerance: float = 0.5
-    seed: int | None = None
-    aggregate: str | None = None
-    quoted_from: str | None = None
-    note: str = ""
-    erratum: str | None = None
-    table_id: str = "t"
 
 
 @dataclass

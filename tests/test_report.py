@@ -5,29 +5,14 @@ import base64
 import re
 from dataclasses import dataclass, field
 
+from synthetic import E  # noqa: E402
+
 from kd.compare import compare, extras
 from kd.report import write_reports
 
 
 def cid(label):
     return f"cifar100/{label}/resnet8x4_from_resnet32x4/std"
-
-
-@dataclass
-class E:
-    row: str
-    column: str
-    value: float
-    cell_id: str | None
-    metric: str = "top1"
-    std: float | None = None
-    higher_is_better: bool = True
-    statistic: str = "last"
-    tolerance: float = 0.5
-    seed: int | None = None
-    aggregate: str | None = None
-    quoted_from: str | None = None
-    note: str = ""
 
 
 @dataclass

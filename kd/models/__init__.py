@@ -13,6 +13,7 @@ from collections.abc import Mapping
 import torch
 
 from kd.errors import KDError
+from kd.models import imagenet  # noqa: F401
 from kd.models import mobilenetv2  # noqa: F401
 from kd.models import resnet  # noqa: F401
 from kd.models import resnetv2  # noqa: F401
