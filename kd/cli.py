@@ -37,6 +37,10 @@ def cmd_list(a):
     from kd.cells import load_cells
     from kd.results import read_records
     cells = load_cells()
+    if a.table:
+        from kd.table import table_by_name
+        wanted = {e.cell_id for e in table_by_name(a.table).entries}
+        cells = {k: v for k, v in cells.items() if k in wanted}
     done: dict[str, list[int]] = {}
     for r in read_records(Path(a.results) if a.results else None):
         if r.get("status") == "ok":
@@ -155,6 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     r.set_defaults(fn=cmd_run)
 
     l = sub.add_parser("list", help="list cells and their finished runs")
+    l.add_argument("--table", help="only the cells of this reference table")
     l.add_argument("--dataset"), l.add_argument("--method")
     l.add_argument("--status", choices=["done", "missing"])
     l.add_argument("--results")
@@ -168,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
     t.set_defaults(fn=cmd_import_teacher)
 
     d = sub.add_parser("demo", help="embedded CPU benchmark: digits, teacher + baseline + KD")
-    d.add_argument("--seeds", type=int, default=3)
+    d.add_argument("--seeds", type=int, default=5)
     _common(d)
     d.set_defaults(fn=cmd_demo)
 

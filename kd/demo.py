@@ -1,7 +1,7 @@
 """`kd demo`: the embedded benchmark. No download: scikit-learn's handwritten digits, a tiny CNN
 teacher (tiny_t) and a smaller student (tiny_s), the baseline and KD, a few seeds, on the CPU.
 
-Each demo trains its own teacher into a temporary checkpoint store (so it is complete and
+Each demo trains its own teacher (once, seed 0: the seed students use) into a temporary checkpoint store (so it is complete and
 repeatable), appends its result lines to results/digits.jsonl, and prints mean ± std over seeds.
 """
 from __future__ import annotations
@@ -14,21 +14,23 @@ from kd.cells import find_cell
 from kd.results import results_root
 from kd.train import run_cell
 
-CELLS = ["digits/baseline/tiny_t/digits", "digits/baseline/tiny_s/digits", "digits/kd/tiny_s_from_tiny_t/digits"]
+TEACHER = "digits-sub400/baseline/tiny_t/digits"
+STUDENTS = ["digits-sub400/baseline/tiny_s/digits", "digits-sub400/kd/tiny_s_from_tiny_t/digits"]
+CELLS = [TEACHER] + STUDENTS
 
 
 def _fmt(xs: list[float]) -> str:
     return f"{statistics.mean(xs):.2f} ± {statistics.stdev(xs):.2f}" if len(xs) > 1 else f"{xs[0]:.2f}"
 
 
-def demo(seeds: int = 3, results=None, store=None, progress: bool = True) -> list[dict]:
+def demo(seeds: int = 5, results=None, store=None, progress: bool = True) -> list[dict]:
     from tabulate import tabulate
     t0 = time.perf_counter()
     records = []
     with tempfile.TemporaryDirectory(prefix="kd-demo-") as tmp:
-        for cid in CELLS:
+        for cid, n in [(TEACHER, 1)] + [(c, seeds) for c in STUDENTS]:
             cell = find_cell(cid)
-            for seed in range(seeds):
+            for seed in range(n):
                 records.append(run_cell(cell, seed, device="cpu", store=store or tmp, results_dir=results,
                                         progress=progress, log=lambda *a: None))
     rows = []

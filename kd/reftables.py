@@ -32,7 +32,7 @@ KNOWN_METHODS = frozenset(
 KNOWN_RECIPES = frozenset("crd sarfraz svhn_ot imagenet deit fsp_full fsp_third digits".split())
 # Methods whose published number has no single teacher network (online KD, ensemble teachers).
 TEACHERLESS = frozenset({"dml", "one", "civt"})
-_DATASET_RE = re.compile(r"^(cifar10|cifar100|svhn|imagenet|digits)(-(noisy|imb)\d+(\.\d+)?)?$")
+_DATASET_RE = re.compile(r"^(cifar10|cifar100|svhn|imagenet|digits)(-(noisy|imb|sub|test)\d+(\.\d+)?)*$")
 
 METRICS = ("top1", "top5")
 VALUE_KINDS = ("accuracy", "error")

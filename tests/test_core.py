@@ -91,10 +91,10 @@ def test_variants_are_seeded_and_recorded(data_root):
 
 def test_repo_cells_load_and_resolve():
     cells = load_cells()
-    assert "digits/kd/tiny_s_from_tiny_t/digits" in cells
-    kd = cells["digits/kd/tiny_s_from_tiny_t/digits"]
+    assert "digits-sub400/kd/tiny_s_from_tiny_t/digits" in cells
+    kd = cells["digits-sub400/kd/tiny_s_from_tiny_t/digits"]
     assert kd.ce_weight == 0.1 and kd.terms[0] == {"name": "kd", "weight": 0.9, "T": 4}
-    assert "digits/baseline/tiny_t/digits" in cells                      # the teacher is a cell too
+    assert "digits-sub400/baseline/tiny_t/digits" in cells                      # the teacher is a cell too
     r = load_recipe("crd")
     assert (r.epochs, r.batch_size, r.lr, r.milestones, r.weight_decay) == (240, 64, 0.05, (150, 180, 210), 5e-4)
     assert r.lr_for("ShuffleV2") == 0.01 and r.lr_for("resnet8x4") == 0.05
@@ -121,7 +121,7 @@ def test_bad_cell_files_fail_with_file_and_line(tmp_path):
     with pytest.raises(KDError, match="unknown recipe 'nope'"):
         load_recipe("nope", tmp_path)
     with pytest.raises(KDError, match="unknown cell.*did you mean"):
-        find_cell("digits/kd/tiny_s_from_tiny_t/digit")
+        find_cell("digits-sub400/kd/tiny_s_from_tiny_t/digit")
 
 
 # --- results -------------------------------------------------------------------------------------
@@ -198,32 +198,40 @@ def _kd(*args, env=None):
     return subprocess.run(KD + list(args), capture_output=True, text=True, cwd=REPO, env=env, timeout=300)
 
 
-def test_cli_errors_are_one_line_and_change_nothing(tmp_path):
-    import os
-    env = {**os.environ, "KD_RESULTS": str(tmp_path / "res"), "KD_STORE": str(tmp_path / "st")}
-    p = _kd("run", "cifar100/kd/nope/crd", env=env)
+def _main(capsys, *args) -> tuple[int, str]:
+    """The CLI in-process (same code path as the `kd` command, without a new interpreter)."""
+    from kd.cli import main
+    code = main(list(args))
+    return code, capsys.readouterr().err
+
+
+def test_cli_errors_are_one_line_and_change_nothing(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("KD_RESULTS", str(tmp_path / "res"))
+    monkeypatch.setenv("KD_STORE", str(tmp_path / "st"))
+    p = _kd("run", "cifar100/kd/nope/crd")                    # once through a real process
     assert p.returncode == 2 and p.stderr.count("\n") == 1 and "unknown cell" in p.stderr
-    p = _kd("run", "cifar10_jpeg-sub5000-test2000/baseline/resnet8/c10jpeg_short", "--data-root", str(tmp_path), env=env)
-    assert p.returncode == 2 and p.stderr.count("\n") == 1 and "cifar10-jpeg is missing" in p.stderr
+    code, err = _main(capsys, "run", "cifar10_jpeg-sub5000-test2000/baseline/resnet8/c10jpeg_short",
+                      "--data-root", str(tmp_path))
+    assert code == 2 and err.count("\n") == 1 and "cifar10-jpeg is missing" in err
     bogus = tmp_path / "t.pt"
     bogus.write_bytes(b"not a checkpoint")
-    p = _kd("import-teacher", "digits/baseline/tiny_t/digits", str(bogus), "--sha256", "00" * 32, env=env)
-    assert p.returncode == 2 and "sha256 is" in p.stderr and p.stderr.count("\n") == 1
-    good = _kd("import-teacher", "digits/baseline/tiny_t/digits", str(bogus), "--sha256", sha256_file(bogus), env=env)
-    assert good.returncode == 2 and "kd: error:" in good.stderr and good.stderr.count("\n") == 1   # not a state_dict
+    code, err = _main(capsys, "import-teacher", "digits-sub400/baseline/tiny_t/digits", str(bogus), "--sha256", "00" * 32)
+    assert code == 2 and "sha256 is" in err and err.count("\n") == 1
+    code, err = _main(capsys, "import-teacher", "digits-sub400/baseline/tiny_t/digits", str(bogus), "--sha256", sha256_file(bogus))
+    assert code == 2 and "kd: error:" in err and err.count("\n") == 1                # not a state_dict
     assert not (tmp_path / "res").exists() and not list((tmp_path).glob("st/**/*.pt"))
 
 
-def test_import_teacher_then_student_uses_it(tmp_path):
-    import os
+def test_import_teacher_then_student_uses_it(tmp_path, capsys, monkeypatch):
     from kd.train import build_model
-    env = {**os.environ, "KD_RESULTS": str(tmp_path / "res"), "KD_STORE": str(tmp_path / "st")}
+    monkeypatch.setenv("KD_RESULTS", str(tmp_path / "res"))
+    monkeypatch.setenv("KD_STORE", str(tmp_path / "st"))
     torch.manual_seed(0)
     f = tmp_path / "teacher.pt"
     torch.save({"model": build_model("tiny_t", 10).state_dict()}, f)          # RepDistiller layout
-    p = _kd("import-teacher", "digits/baseline/tiny_t/digits", str(f), "--sha256", sha256_file(f), env=env)
-    assert p.returncode == 0, p.stderr
-    p = _kd("run", "digits/kd/tiny_s_from_tiny_t/digits", "--epochs", "1", "--no-progress", env=env)
-    assert p.returncode == 0, p.stderr
-    (rec,) = read_records(tmp_path / "res")                                   # no teacher was trained
+    code, err = _main(capsys, "import-teacher", "digits-sub400/baseline/tiny_t/digits", str(f), "--sha256", sha256_file(f))
+    assert code == 0, err
+    code, err = _main(capsys, "run", "digits-sub400/kd/tiny_s_from_tiny_t/digits", "--epochs", "1", "--no-progress")
+    assert code == 0, err
+    (rec,) = read_records(tmp_path / "res")          # the imported full-recipe teacher is used: none trained
     assert rec["teacher_checkpoint_sha256"] == sha256_file(f)

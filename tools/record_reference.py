@@ -21,9 +21,9 @@ sys.path.insert(0, str(REPO))
 from kd.compare import aggregate  # noqa: E402
 from kd.results import read_records  # noqa: E402
 
-ROWS = [("Teacher", "teacher", "digits/baseline/tiny_t/digits"),
-        ("Student", "baseline", "digits/baseline/tiny_s/digits"),
-        ("KD", "kd", "digits/kd/tiny_s_from_tiny_t/digits")]
+ROWS = [("Teacher", "teacher", "digits-sub400/baseline/tiny_t/digits"),
+        ("Student", "baseline", "digits-sub400/baseline/tiny_s/digits"),
+        ("KD", "kd", "digits-sub400/kd/tiny_s_from_tiny_t/digits")]
 TOLERANCE = 1.5   # points; the run is deterministic on one machine, this allows other torch builds/CPUs
 
 
@@ -53,7 +53,7 @@ def main(argv=None) -> int:
         f'  via: "results/digits.jsonl, commits {", ".join(sorted(c[:10] for c in commits if c))}"',
         "metric: top1", "value_kind: accuracy", "statistic: last", f"runs: {min(seeds)}",
         "confidence: code", f"tolerance: {TOLERANCE}", "baseline_row: Student",
-        "defaults: {dataset: digits, recipe: digits}",
+        "defaults: {dataset: digits-sub400, recipe: digits}",
         "columns:", '  - {label: "tiny_t → tiny_s", teacher: tiny_t, student: tiny_s}',
         "rows:"] + [f"  - {{label: {label}, method: {m}}}" for label, m, _ in ROWS] + [
         "values: |"] + [f"  {v}" for v in values]

@@ -1,0 +1,64 @@
+"""`kd table` under a smoke recipe: interrupted once, restarted, every cell recorded exactly once;
+`kd compare --check` on the committed results and on a perturbed copy."""
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import kd.train
+from kd.results import read_records
+from kd.table import plan, run_table, table_by_name
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def test_table_plan_trains_teachers_first():
+    cells, unregistered = plan(table_by_name("recorded_digits"), {}, [0])
+    assert [c.id for c in cells][0] == "digits-sub400/baseline/tiny_t/digits" and not unregistered
+    cells, unregistered = plan(table_by_name("crd2020_table1"), {}, [0])
+    first_student = next(i for i, c in enumerate(cells) if c.teacher)
+    assert all(c.label == "baseline" for c in cells[:first_student]) and not unregistered
+
+
+def test_table_interrupted_then_restarted_records_each_cell_once(isolated, monkeypatch):
+    real = kd.train.run_cell
+    calls = []
+
+    def interrupt_second(cell, seed, **kw):                   # Ctrl-C in the middle of the 2nd cell
+        calls.append(cell.id)
+        return real(cell, seed, **kw, stop_after_epochs=1 if len(calls) == 2 else None)
+
+    monkeypatch.setattr(kd.train, "run_cell", interrupt_second)
+    with pytest.raises(KeyboardInterrupt):
+        run_table("recorded_digits", [0], {"epochs": 2}, progress=False, log=lambda *a: None)
+    assert len(read_records(isolated / "results")) == 1
+    monkeypatch.setattr(kd.train, "run_cell", real)
+    run_table("recorded_digits", [0], {"epochs": 2}, progress=False, log=lambda *a: None)
+    run_table("recorded_digits", [0], {"epochs": 2}, progress=False, log=lambda *a: None)   # nothing left to do
+    ids = [r["cell_id"] for r in read_records(isolated / "results")]
+    assert sorted(ids) == sorted({"digits-sub400/baseline/tiny_t/digits~epochs=2", "digits-sub400/baseline/tiny_s/digits~epochs=2",
+                                  "digits-sub400/kd/tiny_s_from_tiny_t/digits~epochs=2"})
+
+
+def _check(results):
+    return subprocess.run([sys.executable, "-m", "kd.cli", "compare", "--check", "--table", "recorded_digits",
+                           "--results", str(results)], capture_output=True, text=True, cwd=REPO, timeout=300)
+
+
+def test_compare_check_passes_on_committed_results_and_fails_when_perturbed(tmp_path):
+    committed = REPO / "results" / "digits.jsonl"
+    assert committed.is_file(), "results/digits.jsonl (the recorded demo runs) is committed"
+    ok = _check(REPO / "results")
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    lines = [json.loads(l) for l in committed.read_text().splitlines()]
+    for r in lines:
+        if r["cell_id"] == "digits-sub400/kd/tiny_s_from_tiny_t/digits":
+            r["top1_last"] -= 10.0                             # beyond the 1.5-point tolerance
+    (tmp_path / "digits.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    bad = _check(tmp_path)
+    assert bad.returncode == 1 and "FAIL recorded_digits | KD" in bad.stderr
