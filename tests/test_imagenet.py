@@ -279,3 +279,17 @@ def test_run_cell_imagenet_recipe(folder, isolated):
     rec = run_cell(cell, 0, device="cpu", overrides={"epochs": 1, "batch_size": 4}, data_root=folder,
                    progress=False, log=lambda *a: None)             # trains the tv_resnet34 teacher first
     assert rec["status"] == "ok" and rec["teacher_cell"].startswith("imagenet/baseline/tv_resnet34/")
+
+
+def test_registered_deit_cell_trains_through_the_loop(tmp_path, monkeypatch, isolated):
+    """The DeiT-Ti hard-distillation cell of seed 002 Table 1 at its real 224 px input: the RegNetY-160
+    teacher is trained first (its cell), then the student; a smoke recipe, 8 generated images."""
+    from kd.cells import find_cell
+    from kd.train import run_cell
+    monkeypatch.setenv("KD_IMAGENET_SIZE", "224")
+    monkeypatch.setenv("KD_WORKERS", "0")
+    root = write_folder(tmp_path / "data")
+    rec = run_cell(find_cell("imagenet/deit_hard/deit_tiny_from_regnety_160/deit"), 0, device="cpu",
+                   overrides={"epochs": 1, "batch_size": 4}, data_root=root, progress=False, log=lambda *a: None)
+    assert rec["status"] == "ok" and rec["teacher_cell"] == "imagenet/baseline/regnety_160/deit~batch_size=4,epochs=1"
+    assert rec["config"]["dataset_info"]["image_size"] == 224 and len(rec["curve"]) == 1
