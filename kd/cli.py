@@ -72,10 +72,9 @@ def cmd_import_teacher(a):
     digest = sha256_file(src)
     if digest != a.sha256.lower():
         raise KDError(f"{src}: sha256 is {digest}, not the {a.sha256} you gave; nothing imported")
-    from kd.data import load_dataset
-    num_classes = {"cifar100": 100, "imagenet": 1000}.get(cell.dataset.split("-")[0]) or \
-        load_dataset(cell.dataset, a.data_root).num_classes
-    load_checkpoint(build_model(cell.student, num_classes), src, expected_sha256=digest)  # strict load check
+    from kd.data import num_classes
+    load_checkpoint(build_model(cell.student, num_classes(cell.dataset, a.data_root)), src,
+                    expected_sha256=digest)                                        # strict load check
     dst = checkpoint_path(cell.id, load_recipe(cell.recipe).teacher_seed, store_root(a.store))
     dst.parent.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(src, dst)

@@ -119,6 +119,16 @@ def apply_variant(ds: Dataset, variant: str, seed: int = 0) -> Dataset:
                    info={**ds.info, "subset": n, "subset_seed": seed})
 
 
+KNOWN_CLASSES = {"cifar10": 10, "cifar100": 100, "svhn": 10, "svhn_extra": 10, "cifar10_jpeg": 10, "digits": 10,
+                 "imagenet": 1000}
+
+
+def num_classes(name: str, root: str | os.PathLike | None = None) -> int:
+    """Classes of a dataset, without reading it when the dataset is a standard one."""
+    base = split_name(name)[0]
+    return KNOWN_CLASSES.get(base) or load_dataset(name, root).num_classes
+
+
 def load_dataset(name: str, root: str | os.PathLike | None = None, seed: int = 0) -> Dataset:
     """Load `name` (a registered dataset plus '-'-separated variants) from the data root."""
     base, variants = split_name(name)

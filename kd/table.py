@@ -11,7 +11,7 @@ from pathlib import Path
 
 from kd.cells import load_cells, load_recipe
 from kd.errors import KDError
-from kd.ids import cell_id, parse_cell_id
+from kd.ids import cell_id
 from kd.reftables import load_all
 from kd.results import read_records
 

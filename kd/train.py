@@ -24,7 +24,6 @@ import json
 import math
 import os
 import platform
-import shutil
 import subprocess
 import sys
 import time

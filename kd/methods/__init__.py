@@ -1,6 +1,25 @@
 """Every distillation method, one file each; importing this package registers them in METHODS."""
-from kd.methods import kd  # noqa: F401
+from kd.methods import ab  # noqa: F401
+from kd.methods import at  # noqa: F401
+from kd.methods import bss  # noqa: F401
+from kd.methods import cc  # noqa: F401
+from kd.methods import crd  # noqa: F401
 from kd.methods import deit  # noqa: F401
-from kd.methods import ipot, remd, dml, one  # noqa: F401,E401
-from kd.methods import ft, ab, vid, ofd, reviewkd, srrl, srd, crd  # noqa: F401,E401
-from kd.methods import dkd, bss, fitnet, at, fsp, nst, sp, pkt, cc, rkd  # noqa: F401,E401
+from kd.methods import dkd  # noqa: F401
+from kd.methods import dml  # noqa: F401
+from kd.methods import fitnet  # noqa: F401
+from kd.methods import fsp  # noqa: F401
+from kd.methods import ft  # noqa: F401
+from kd.methods import ipot  # noqa: F401
+from kd.methods import kd  # noqa: F401
+from kd.methods import nst  # noqa: F401
+from kd.methods import ofd  # noqa: F401
+from kd.methods import one  # noqa: F401
+from kd.methods import pkt  # noqa: F401
+from kd.methods import remd  # noqa: F401
+from kd.methods import reviewkd  # noqa: F401
+from kd.methods import rkd  # noqa: F401
+from kd.methods import sp  # noqa: F401
+from kd.methods import srd  # noqa: F401
+from kd.methods import srrl  # noqa: F401
+from kd.methods import vid  # noqa: F401
