@@ -19,6 +19,7 @@ Conventions that change numbers, all here:
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import hashlib
 import json
 import math
@@ -115,7 +116,9 @@ def _versions() -> dict:
             "numpy": numpy.__version__, "kd": kd.__version__, "cuda": torch.version.cuda}
 
 
+@functools.lru_cache(maxsize=1)
 def _git() -> dict:
+    """The commit of the code this process loaded (read once, at the first run of the process)."""
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True, timeout=10)
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO,
@@ -308,7 +311,7 @@ class Run:
         """Run all stages then the main training; returns the result record (also appended).
         `stop_after_epochs` interrupts after that many epochs in total (for resume tests)."""
         started = dt.datetime.now(dt.timezone.utc)
-        self.git = _git()                          # the code as it was when the run started
+        self.git = dict(_git())
         r = self.recipe
         lr = r.lr_for(self.cell.student)
         plan = [(i, s, s.epochs) for i, s in enumerate(self.stages)] + [(len(self.stages), None, r.epochs)]

@@ -11,6 +11,7 @@ import math
 import torch.nn as nn
 import torch.nn.functional as F
 
+from kd.models.base import FeatureNet
 from kd.registry import MODELS
 
 # (expansion, channels, repeats, first stride); expansion None means "T"
@@ -37,7 +38,7 @@ class InvertedResidual(nn.Module):
         return x + self.conv(x) if self.use_res_connect else self.conv(x)
 
 
-class MobileNetV2(nn.Module):
+class MobileNetV2(FeatureNet):
     def __init__(self, expand: int = 6, width_mult: float = 0.5, num_classes: int = 100):
         super().__init__()
         self.num_classes = num_classes
@@ -83,17 +84,11 @@ class MobileNetV2(nn.Module):
         emb, logits = self._pool_fc(f4)
         return [f0, f1, f2, f3, f4, emb], logits
 
-    def forward(self, x):
-        return self.extract(x)[1]
-
     def get_feat_modules(self):
         return nn.ModuleList([self.conv1, self.blocks])
 
     def get_bn_before_relu(self):
         return [self.blocks[i][-1].conv[-1] for i in (1, 2, 4, 6)]
-
-    def get_stage_channels(self):
-        return list(self.stage_channels)
 
 
 @MODELS.register("MobileNetV2")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch.nn as nn
 import torch.nn.functional as F
 
+from kd.models.base import FeatureNet
 from kd.registry import MODELS
 
 
@@ -46,7 +47,7 @@ class Stage(nn.Sequential):
         return x, pre
 
 
-class CifarResNet(nn.Module):
+class CifarResNet(FeatureNet):
     def __init__(self, depth: int, widths: list[int], num_classes: int = 100):
         super().__init__()
         assert (depth - 2) % 6 == 0, "depth must be 6n+2"
@@ -82,17 +83,11 @@ class CifarResNet(nn.Module):
         feats = [f0, p1, p2, p3, emb] if preact else [f0, f1, f2, f3, emb]
         return feats, logits
 
-    def forward(self, x):
-        return self.extract(x)[1]
-
     def get_feat_modules(self):
         return nn.ModuleList([self.conv1, self.bn1, self.relu, self.layer1, self.layer2, self.layer3])
 
     def get_bn_before_relu(self):
         return [self.layer1[-1].bn2, self.layer2[-1].bn2, self.layer3[-1].bn2]
-
-    def get_stage_channels(self):
-        return list(self.stage_channels)
 
 
 _BASE, _X4 = [16, 16, 32, 64], [32, 64, 128, 256]

@@ -11,6 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kd.models.resnet import Stage
+from kd.models.base import FeatureNet
 from kd.registry import MODELS
 
 
@@ -38,7 +39,7 @@ class Bottleneck(nn.Module):
         return F.relu(pre), pre
 
 
-class ResNetV2(nn.Module):
+class ResNetV2(FeatureNet):
     def __init__(self, depths=(3, 4, 6, 3), num_classes: int = 100):
         super().__init__()
         self.num_classes = num_classes
@@ -76,17 +77,11 @@ class ResNetV2(nn.Module):
         feats = [f0, p1, p2, p3, p4, emb] if preact else [f0, f1, f2, f3, f4, emb]
         return feats, logits
 
-    def forward(self, x):
-        return self.extract(x)[1]
-
     def get_feat_modules(self):
         return nn.ModuleList([self.conv1, self.bn1, self.layer1, self.layer2, self.layer3, self.layer4])
 
     def get_bn_before_relu(self):
         return [self.layer1[-1].bn3, self.layer2[-1].bn3, self.layer3[-1].bn3, self.layer4[-1].bn3]
-
-    def get_stage_channels(self):
-        return list(self.stage_channels)
 
 
 @MODELS.register("ResNet50")

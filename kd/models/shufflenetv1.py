@@ -12,6 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kd.models.resnet import Stage
+from kd.models.base import FeatureNet
 from kd.registry import MODELS
 
 
@@ -46,7 +47,7 @@ class Bottleneck(nn.Module):
         return F.relu(pre), pre
 
 
-class ShuffleNetV1(nn.Module):
+class ShuffleNetV1(FeatureNet):
     def __init__(self, widths=(240, 480, 960), depths=(4, 8, 4), groups: int = 3, num_classes: int = 100):
         super().__init__()
         self.num_classes = num_classes
@@ -74,17 +75,11 @@ class ShuffleNetV1(nn.Module):
         feats = [f0, p1, p2, p3, emb] if preact else [f0, f1, f2, f3, emb]
         return feats, logits
 
-    def forward(self, x):
-        return self.extract(x)[1]
-
     def get_feat_modules(self):
         return nn.ModuleList([self.conv1, self.bn1, self.layer1, self.layer2, self.layer3])
 
     def get_bn_before_relu(self):
         raise NotImplementedError("ShuffleV1 has no single BN before its stage ReLUs (as in RepDistiller)")
-
-    def get_stage_channels(self):
-        return list(self.stage_channels)
 
 
 @MODELS.register("ShuffleV1")

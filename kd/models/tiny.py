@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch.nn as nn
 import torch.nn.functional as F
 
+from kd.models.base import FeatureNet
 from kd.registry import MODELS
 
 
@@ -21,7 +22,7 @@ def _stage(cin: int, cout: int, stride: int, convs: int) -> nn.Sequential:
     return nn.Sequential(*layers[:-1])
 
 
-class TinyNet(nn.Module):
+class TinyNet(FeatureNet):
     def __init__(self, widths: tuple[int, int, int, int], convs: int, num_classes: int = 100):
         super().__init__()
         self.num_classes = num_classes
@@ -50,17 +51,11 @@ class TinyNet(nn.Module):
         feats = [f0, p1, p2, p3, emb] if preact else [f0, f1, f2, f3, emb]
         return feats, logits
 
-    def forward(self, x):
-        return self.extract(x)[1]
-
     def get_feat_modules(self):
         return nn.ModuleList([self.stem, self.stage1, self.stage2, self.stage3])
 
     def get_bn_before_relu(self):
         return [self.stage1[-1], self.stage2[-1], self.stage3[-1]]
-
-    def get_stage_channels(self):
-        return list(self.stage_channels)
 
 
 @MODELS.register("tiny_t")

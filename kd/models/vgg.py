@@ -12,6 +12,7 @@ import math
 import torch.nn as nn
 import torch.nn.functional as F
 
+from kd.models.base import FeatureNet
 from kd.registry import MODELS
 
 CFGS = {
@@ -32,7 +33,7 @@ def _block(widths: list[int], cin: int) -> nn.Sequential:
     return nn.Sequential(*layers[:-1])
 
 
-class VGG(nn.Module):
+class VGG(FeatureNet):
     def __init__(self, cfg: list[list[int]], num_classes: int = 100):
         super().__init__()
         self.num_classes = num_classes
@@ -77,18 +78,12 @@ class VGG(nn.Module):
         feats = [f0, p1, p2, p3, p4, emb] if preact else [f0, f1, f2, f3, f4, emb]
         return feats, logits
 
-    def forward(self, x):
-        return self.extract(x)[1]
-
     def get_feat_modules(self):
         return nn.ModuleList([self.block0, self.pool0, self.block1, self.pool1, self.block2,
                               self.pool2, self.block3, self.pool3, self.block4, self.pool4])
 
     def get_bn_before_relu(self):
         return [self.block1[-1], self.block2[-1], self.block3[-1], self.block4[-1]]
-
-    def get_stage_channels(self):
-        return list(self.stage_channels)
 
 
 @MODELS.register("vgg8")

@@ -15,6 +15,7 @@ import math
 import torch.nn as nn
 import torch.nn.functional as F
 
+from kd.models.base import FeatureNet
 from kd.registry import MODELS
 
 
@@ -58,7 +59,7 @@ class NetworkBlock(nn.Module):
         return self.layer(x)
 
 
-class WideResNet(nn.Module):
+class WideResNet(FeatureNet):
     def __init__(self, depth: int, widen_factor: int, num_classes: int = 100):
         super().__init__()
         assert (depth - 4) % 6 == 0, "depth must be 6n+4"
@@ -101,17 +102,11 @@ class WideResNet(nn.Module):
         feats = [f0, p1, p2, p3, emb] if preact else [f0, f1, f2, f3, emb]
         return feats, logits
 
-    def forward(self, x):
-        return self.extract(x)[1]
-
     def get_feat_modules(self):
         return nn.ModuleList([self.conv1, self.block1, self.block2, self.block3])
 
     def get_bn_before_relu(self):
         return [self.block2.layer[0].bn1, self.block3.layer[0].bn1, self.bn1]
-
-    def get_stage_channels(self):
-        return list(self.stage_channels)
 
 
 @MODELS.register("wrn_10_2")
