@@ -122,9 +122,9 @@ def cmd_compare(a):
 
 def cmd_report(a):
     from kd.report import write_reports
-    tables, records, rows, _ = _compare(a.results, a.table)
+    tables, records, rows, extra = _compare(a.results, a.table)
     out = Path(a.out or Path(a.results or os.environ.get("KD_RESULTS", "results")) / "reports")
-    paths = write_reports(tables, rows, out, n_results=len(records))
+    paths = write_reports(tables, rows + extra, out, n_results=len(records))
     print(f"wrote {len(paths)} files under {out} (open {out / 'index.html'})")
 
 
