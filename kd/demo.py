@@ -60,7 +60,7 @@ def _compare_and_report(results) -> None:
     records = read_records(results_root(results))
     rows = compare(tables, records)
     for r in rows:
-        ours = f"{r.ours:.2f} ± {r.ours_std or 0:.2f} (n={r.n})" if r.ours is not None else "-"
+        ours = "-" if r.ours is None else f"{r.ours:.2f}" + (f" ± {r.ours_std:.2f}" if r.n > 1 else "") + f" (n={r.n})"
         print(f"  {r.row:8s} recorded {r.published:6.2f}  ours {ours:22s} {r.verdict}")
     out = Path(results_root(results)) / "reports"
     write_reports(tables, rows, out, n_results=len(records))
