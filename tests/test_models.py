@@ -104,7 +104,7 @@ def test_extract_contract(name):
     assert model.get_stage_channels() == [f.shape[1] for f in feats[:-1]]
     assert isinstance(model.get_feat_modules(), nn.ModuleList)
     if name in NO_BN_BEFORE_RELU:
-        with pytest.raises(NotImplementedError):
+        with pytest.raises(KDError):
             model.get_bn_before_relu()
     else:
         bns = model.get_bn_before_relu()

@@ -53,7 +53,7 @@ class BSS(Method):
 
     def attack(self, teacher, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Targeted attack on the teacher toward `target` (B,), the reference's AttackBSS.run."""
-        x0, x_adv, orig = x.detach(), x.detach(), None
+        x_adv, orig = x.detach(), None
         for _ in range(self.num_steps):
             x_adv = x_adv.detach().requires_grad_(True)
             with torch.enable_grad():

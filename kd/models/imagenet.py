@@ -24,7 +24,7 @@ deit_tiny_nodist / deit_small_nodist: timm deit_{tiny,small}_patch16_224 (no dis
     3, 6 and 9 (B, T, D), the final normed tokens (B, T, D), the class-token embedding (B, D)]:
     token sequences, not 4-d maps, so map-based methods (AT, FitNet, ...) do not apply to them;
     get_stage_channels() gives D for each. No ReLU: preact equals post-activation
-    (preact_equals_post = True); get_bn_before_relu raises NotImplementedError.
+    (preact_equals_post = True); get_bn_before_relu raises KDError (a one-line user error: the method does not apply).
     The distillation token (distilled models only), as DeiT's models.py does it:
       - train mode: forward / extract logits are the CLASS-token head's (what the loop's CE reads);
       - eval mode: the average of the class and distillation heads (DeiT's test-time output);
@@ -58,6 +58,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from kd.errors import KDError
 from kd.registry import MODELS
 
 # concrete class -> (mixin name, "module:base class")
@@ -268,7 +269,7 @@ class _TokenFeatures:
         return nn.ModuleList([self.patch_embed, self.blocks, self.norm])
 
     def get_bn_before_relu(self):
-        raise NotImplementedError(f"{type(self).__name__} has no BatchNorm before a ReLU")
+        raise KDError(f"{type(self).__name__} has no BatchNorm before a ReLU")
 
     def get_stage_channels(self):
         return [self.embed_dim] * 5
@@ -367,7 +368,7 @@ class _BiTMixin:
         return nn.ModuleList([self.stem, self.stages, self.norm])
 
     def get_bn_before_relu(self):
-        raise NotImplementedError("pre-activation ResNet: its blocks end without BN+ReLU")
+        raise KDError("pre-activation ResNet: its blocks end without BN+ReLU")
 
     def get_stage_channels(self):
         return [f["num_chs"] for f in self.feature_info]

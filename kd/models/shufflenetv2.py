@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from kd.models.shufflenetv1 import channel_shuffle
 from kd.models.base import FeatureNet
+from kd.errors import KDError
 from kd.registry import MODELS
 
 
@@ -107,7 +108,7 @@ class ShuffleNetV2(FeatureNet):
         return nn.ModuleList([self.conv1, self.bn1, self.layer1, self.layer2, self.layer3])
 
     def get_bn_before_relu(self):
-        raise NotImplementedError("ShuffleV2 has no single BN before its stage ReLUs (as in RepDistiller)")
+        raise KDError("ShuffleV2 has no single BN before its stage ReLUs (as in RepDistiller)")
 
 
 @MODELS.register("ShuffleV2")
