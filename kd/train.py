@@ -184,8 +184,9 @@ class Run:
 
     def run(self, stop_after_epochs: int | None = None) -> dict:
         self.load_data()
-        teacher, sha, self.teacher_id = get_teacher(self.cell, self.recipe, self.ds.num_classes, self.device, data_root=self.data_root,
-                                   store=self.store, results_dir=self.results_dir, progress=self.progress, log=self.log)
+        teacher, sha, self.teacher_id = get_teacher(
+            self.cell, self.recipe, self.ds.num_classes, self.device, data_root=self.data_root, store=self.store,
+            results_dir=self.results_dir, progress=self.progress, log=self.log)
         self.build(teacher, sha)
         return self.train(stop_after_epochs)
 
@@ -226,7 +227,6 @@ class Run:
         except TypeError as e:
             raise KDError(f"{self.id}: bad method hyperparameter: {e}") from None
         self.weights = [w for _, w, _ in specs]
-        self.names = [n for n, _, _ in specs]
         self.method_modules = nn.ModuleList(self.methods)
         self.stages = [s for m in self.methods for s in m.stages()]
 
@@ -276,6 +276,8 @@ class Run:
                 else:
                     loss = self.cell.ce_weight * F.cross_entropy(step.s_logits, y) if self.cell.ce_weight else 0
                     for m, w in zip(self.methods, self.weights):
+                        if not w:        # a zero-weight method only trains in its stage (FSP, AB, FitNet hints)
+                            continue
                         out = m(step)
                         loss = loss + w * (sum(out.values()) if isinstance(out, dict) else out)
             opt.zero_grad(set_to_none=True)
