@@ -14,7 +14,7 @@ from kd.cells import load_cells, load_recipe
 from kd.data import num_classes, split_name
 from kd.methods.base import Context
 from kd.registry import METHODS
-from kd.train import build_model
+import zoo  # noqa: E402
 
 CELLS = load_cells()
 SIZE = {"imagenet": 224, "digits": 8}
@@ -24,10 +24,8 @@ def _hw(dataset: str) -> int:
     return SIZE.get(split_name(dataset)[0], 32)
 
 
-@functools.lru_cache(maxsize=None)
 def model(name: str, classes: int):
-    torch.manual_seed(0)
-    return build_model(name, classes).eval()
+    return zoo.build(name, classes)
 
 
 @functools.lru_cache(maxsize=None)
@@ -40,7 +38,8 @@ def shapes(name: str, classes: int, hw: int, preact: bool):
 @pytest.fixture(scope="module", autouse=True)
 def _free():
     yield
-    model.cache_clear(), shapes.cache_clear()
+    zoo.build.cache_clear()
+    shapes.cache_clear()
 
 
 @pytest.mark.parametrize("cid", sorted(c for c in CELLS if CELLS[c].terms))   # baselines: models only, below

@@ -24,6 +24,8 @@ from kd.methods.base import Context, Step
 from kd.methods.deit import DeiTHard, DeiTSoft, deit_hard_loss, deit_soft_loss
 from kd.models import load_weights
 from kd.registry import METHODS, MODELS
+from zoo import free_models, n_params  # noqa: F401  (free_models is a fixture)
+import zoo
 
 PARAMS = {
     "tv_resnet18": 11_689_512, "tv_resnet34": 21_797_672, "tv_resnet50": 25_557_032, "resnet50_in": 25_557_032,
@@ -34,24 +36,11 @@ PARAMS = {
 }
 BIT_PARAMS = 236_335_208
 VIT = {"deit_tiny", "deit_small", "deit_tiny_nodist", "deit_small_nodist"}
-_cache: dict[str, nn.Module] = {}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _free_cache():
-    yield
-    _cache.clear()
+pytestmark = pytest.mark.usefixtures("free_models")
 
 
 def build(name: str) -> nn.Module:
-    if name not in _cache:
-        torch.manual_seed(0)
-        _cache[name] = MODELS.get(name)(num_classes=1000).eval()
-    return _cache[name]
-
-
-def n_params(m: nn.Module) -> int:
-    return sum(p.numel() for p in m.parameters())
+    return zoo.build(name, 1000)
 
 
 def test_param_counts():

@@ -19,6 +19,8 @@ import torch.nn as nn
 from kd.errors import KDError
 from kd.models import load_weights
 from kd.registry import MODELS
+from zoo import free_models, n_params  # noqa: F401  (free_models is a fixture)
+import zoo
 
 KEYS = json.loads((Path(__file__).parent / "data" / "repdistiller_keys.json").read_text())
 
@@ -39,24 +41,11 @@ PARAMS_M = {"resnet8x4": 1.23, "resnet32x4": 7.43, "wrn_40_2": 2.26, "wrn_16_2":
 N_FEATS = {n: 6 if n.startswith("vgg") or n in ("MobileNetV2", "ResNet50") else 5 for n in PARAMS}
 NO_BN_BEFORE_RELU = {"ShuffleV1", "ShuffleV2"}  # RepDistiller raises too
 
-_cache: dict[str, nn.Module] = {}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _free_cache():
-    yield
-    _cache.clear()
+pytestmark = pytest.mark.usefixtures("free_models")
 
 
 def build(name: str) -> nn.Module:
-    if name not in _cache:
-        torch.manual_seed(0)
-        _cache[name] = MODELS.get(name)(num_classes=100).eval()
-    return _cache[name]
-
-
-def n_params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+    return zoo.build(name, 100)
 
 
 def test_registry_names():
