@@ -228,8 +228,10 @@ def load_cells(root: Path = BENCHMARKS, check: bool = True) -> dict[str, Cell]:
 
 
 def find_cell(cid: str, root: Path = BENCHMARKS) -> Cell:
-    cells = load_cells(root)
+    """The cell `cid`, its names validated (all files are parsed; only this cell's names resolved)."""
+    cells = load_cells(root, check=False)
     if cid in cells:
+        validate(cells[cid], root)
         return cells[cid]
     import difflib
     close = difflib.get_close_matches(cid, list(cells), n=3, cutoff=0.5)

@@ -57,6 +57,7 @@ def run_table(name: str, seeds: list[int], overrides: dict, progress=True, **kw)
         recipe_id = load_recipe(cell.recipe).with_overrides(**overrides).id
         cid = cell_id(cell.dataset, cell.label, cell.student, cell.teacher, recipe_id)
         for seed in seeds:
+            # read again before each run: a teacher trained for an earlier cell is recorded meanwhile
             done = {(r["cell_id"], r["seed"]) for r in read_records(results_dir) if r.get("status") == "ok"}
             if (cid, seed) not in done:
                 out.append(run_cell(cell, seed, overrides=overrides, progress=progress, **kw))

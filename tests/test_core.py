@@ -235,3 +235,13 @@ def test_import_teacher_then_student_uses_it(tmp_path, capsys, monkeypatch):
     assert code == 0, err
     (rec,) = read_records(tmp_path / "res")          # the imported full-recipe teacher is used: none trained
     assert rec["teacher_checkpoint_sha256"] == sha256_file(f)
+
+
+def test_find_cell_resolves_only_the_cell_asked_for(tmp_path):
+    (tmp_path / "recipes").mkdir()
+    (tmp_path / "recipes" / "r.yaml").write_text("epochs: 1\nbatch_size: 2\nlr: 0.1\n")
+    (tmp_path / "good.yaml").write_text("dataset: cifar100\nrecipe: r\nmodels: [resnet8]\nmethods: {baseline: {}}\n")
+    (tmp_path / "bad.yaml").write_text("dataset: cifar100\nrecipe: r\nmodels: [resnet9]\nmethods: {baseline: {}}\n")
+    assert find_cell("cifar100/baseline/resnet8/r", tmp_path).student == "resnet8"
+    with pytest.raises(KDError, match="unknown model 'resnet9'"):
+        find_cell("cifar100/baseline/resnet9/r", tmp_path)
