@@ -14,7 +14,12 @@ Conventions that change numbers, all here:
 - Seeding: the student's initialisation uses `seed`; each epoch reseeds every RNG from
   (seed, stage, epoch), so a run resumed from its per-epoch checkpoint repeats the uninterrupted
   run exactly (on the CPU; CUDA kernels may differ in the last bits).
-- A non-finite loss stops the run: a failed record is appended and a KDError raised.
+- A non-finite loss stops the run: a failed record is appended and a KDError raised. The check
+  runs once per epoch, on a loss sum kept on the device: the step itself never waits for the host.
+- The learning rate of each epoch is what PyTorch's MultiStepLR/CosineAnnealingLR give (computed
+  once per stage, `lr_schedule`), written into the optimizer before the epoch.
+- Execution (`kd/execution.py`: eager, compile, graph; channels_last; TF32) changes float rounding,
+  never the protocol; it is recorded in every result line. bf16 is part of the recipe (`amp`).
 """
 from __future__ import annotations
 
@@ -38,6 +43,7 @@ from torch import nn
 from kd.cells import Cell, Recipe, load_recipe
 from kd.data import DeviceData, load_dataset
 from kd.errors import KDError
+from kd.execution import Execution, default_execution, lr_schedule, set_lr
 from kd.ids import cell_id
 from kd.methods.base import Context, Method, Stage, Step
 from kd.registry import METHODS, MODELS
@@ -71,7 +77,8 @@ def save_checkpoint(model: nn.Module, path: Path, source: str = "trained") -> st
     """Plain state_dict + a sidecar with its sha256; returns the sha256."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
-    torch.save(model.state_dict(), tmp)
+    torch.save({k: v.contiguous() for k, v in model.state_dict().items()}, tmp)   # canonical layout: the
+    # bytes (and sha256) do not depend on the memory format the model trained in
     os.replace(tmp, path)
     digest = sha256_file(path)
     path.with_suffix(".sha256").write_text(f"{digest}  {source}\n")
@@ -150,12 +157,14 @@ def accuracy(logits: torch.Tensor, y: torch.Tensor, ks=(1, 5)) -> list[torch.Ten
 
 
 @torch.no_grad()
-def evaluate(student: nn.Module, methods: list[Method], data: DeviceData) -> tuple[float, float]:
+def evaluate(student: nn.Module, methods: list[Method], data: DeviceData,
+             channels_last: bool = False) -> tuple[float, float]:
     student.eval()
     for m in methods:
         m.eval()
     c1 = c5 = 0
-    for x, y in data.test_batches():
+    for x, y in data.test_batches(256):        # 64-256 is fastest per image on CPU; BN in eval: same numbers
+        x = x.contiguous(memory_format=torch.channels_last) if channels_last else x
         logits = None
         for m in methods:
             logits = m.eval_logits(x, student)
@@ -173,8 +182,9 @@ class Run:
     """One (cell, seed) run: everything needed to train, checkpoint, resume and record it."""
 
     def __init__(self, cell: Cell, recipe: Recipe, seed: int, device: torch.device, data_root=None,
-                 store=None, results_dir=None, progress: bool = True, log=print):
+                 store=None, results_dir=None, progress: bool = True, log=print, execution: Execution | None = None):
         self.cell, self.recipe, self.seed, self.device = cell, recipe, seed, device
+        self.execution = (execution or default_execution(device)).check(device)
         self.id = cell_id(cell.dataset, cell.label, cell.student, cell.teacher, recipe.id)
         self.data_root, self.store = data_root, store_root(store)
         self.results_dir = Path(results_dir) if results_dir else None
@@ -186,7 +196,7 @@ class Run:
         self.load_data()
         teacher, sha, self.teacher_id = get_teacher(
             self.cell, self.recipe, self.ds.num_classes, self.device, data_root=self.data_root, store=self.store,
-            results_dir=self.results_dir, progress=self.progress, log=self.log)
+            results_dir=self.results_dir, progress=self.progress, log=self.log, execution=self.execution)
         self.build(teacher, sha)
         return self.train(stop_after_epochs)
 
@@ -229,26 +239,25 @@ class Run:
         self.weights = [w for _, w, _ in specs]
         self.method_modules = nn.ModuleList(self.methods)
         self.stages = [s for m in self.methods for s in m.stages()]
+        self.execution = self.execution.for_methods(self.methods, self.log)
+        if self.execution.channels_last:
+            for m in (self.student, teacher, self.method_modules):
+                if m is not None:
+                    m.to(memory_format=torch.channels_last)
 
-    def _optimizer(self, params, lr: float, epochs: int, milestones):
+    def _optimizer(self, params, lr: float):
         r = self.recipe
         params = [p for p in params if p.requires_grad]
         if r.optimizer == "sgd":
-            opt = torch.optim.SGD(params, lr=lr, momentum=r.momentum, weight_decay=r.weight_decay, nesterov=r.nesterov)
-        elif r.optimizer == "adamw":
-            opt = torch.optim.AdamW(params, lr=lr, weight_decay=r.weight_decay)
-        else:
-            raise KDError(f"unknown optimizer '{r.optimizer}'; valid: sgd, adamw")
-        if r.schedule == "multistep":
-            sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(milestones), gamma=r.gamma)
-        elif r.schedule == "cosine":
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
-        else:
-            raise KDError(f"unknown schedule '{r.schedule}'; valid: multistep, cosine")
-        return opt, sched
+            return torch.optim.SGD(params, lr=lr, momentum=r.momentum, weight_decay=r.weight_decay, nesterov=r.nesterov)
+        if r.optimizer == "adamw":
+            return torch.optim.AdamW(params, lr=lr, weight_decay=r.weight_decay)
+        raise KDError(f"unknown optimizer '{r.optimizer}'; valid: sgd, adamw")
 
-    # -- one epoch ------------------------------------------------------------------------------
-    def _forward(self, x, y, idx, epoch, progress):
+    # -- one step, one epoch ----------------------------------------------------------------------
+    def _forward(self, x, y, idx, epoch):
+        if self.execution.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
         if self.need_feats:
             s_feats, s_logits = self.student.extract(x, preact=self.preact)
         else:
@@ -260,37 +269,43 @@ class Run:
                     t_feats, t_logits = self.teacher.extract(x, preact=self.preact)
                 else:
                     t_logits = self.teacher(x)
-        return Step(x, y, idx, s_logits, s_feats, t_logits, t_feats, epoch, progress, self.student, self.teacher)
+        return Step(x, y, idx, s_logits, s_feats, t_logits, t_feats, epoch, self.student, self.teacher)
 
-    def _epoch(self, stage: Stage | None, opt, gen, epoch: int) -> float:
-        self.student.train()
-        self.method_modules.train()
-        steps = math.ceil(self.data.num_train / self.recipe.batch_size)
-        total = torch.zeros((), device=self.device)
-        amp = self.recipe.amp and self.device.type == "cuda"
-        for i, (idx, x, y) in enumerate(self.data.train_batches(self.recipe.batch_size, gen)):
-            with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
-                step = self._forward(x, y, idx, epoch, epoch + i / steps)
-                if stage is not None:
-                    loss = stage.loss(step)
-                else:
-                    loss = self.cell.ce_weight * F.cross_entropy(step.s_logits, y) if self.cell.ce_weight else 0
-                    for m, w in zip(self.methods, self.weights):
-                        if not w:        # a zero-weight method only trains in its stage (FSP, AB, FitNet hints)
-                            continue
-                        out = m(step)
-                        loss = loss + w * (sum(out.values()) if isinstance(out, dict) else out)
+    def _loss(self, stage: Stage | None, x, y, idx, epoch) -> torch.Tensor:
+        """The cell's loss on one batch (forward included). No host synchronisation: capturable."""
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.recipe.amp):
+            step = self._forward(x, y, idx, epoch)
+            if stage is not None:
+                return stage.loss(step)
+            loss = self.cell.ce_weight * F.cross_entropy(step.s_logits, y) if self.cell.ce_weight else 0
+            for m, w in zip(self.methods, self.weights):
+                if w:            # a zero-weight method only trains in its stage (FSP, AB, FitNet hints)
+                    out = m(step)
+                    loss = loss + w * (sum(out.values()) if isinstance(out, dict) else out)
+            return loss
+
+    def make_step(self, stage: Stage | None, opt: torch.optim.Optimizer):
+        """step(x, y, idx, epoch_tensor) -> detached loss: forward, loss, backward, optimizer step,
+        run as the execution mode says (the compiled modes compile the loss and the update)."""
+        loss_fn = self.execution.wrap(functools.partial(self._loss, stage))
+        update = self.execution.wrap(opt.step)
+
+        def step(x, y, idx, epoch):
+            loss = loss_fn(x, y, idx, epoch)
             opt.zero_grad(set_to_none=True)
             loss.backward()
-            opt.step()
-            total += loss.detach()
-            if (i + 1) % 100 == 0 and not torch.isfinite(total):
-                break
-        loss_mean = total.item() / steps
-        if not math.isfinite(loss_mean):
-            raise FloatingPointError(f"non-finite loss ({loss_mean}) in epoch {epoch + 1}"
-                                     + (f" of stage '{stage.name}'" if stage else ""))
-        return loss_mean
+            update()
+            return loss.detach()
+        return step
+
+    def _epoch(self, step, gen, epoch: int) -> float:
+        self.student.train()
+        self.method_modules.train()
+        epoch_t = torch.full((), float(epoch), device=self.device)   # a tensor: no recompile per epoch
+        total = torch.zeros((), device=self.device)                    # summed on the device: no sync per step
+        for idx, x, y in self.data.train_batches(self.recipe.batch_size, gen):
+            total += step(x, y, idx, epoch_t)
+        return total.item() / math.ceil(self.data.num_train / self.recipe.batch_size)   # the epoch's one sync
 
     # -- checkpoint/resume ----------------------------------------------------------------------
     def _save_state(self, state: dict):
@@ -332,35 +347,37 @@ class Run:
             for si, stage, epochs in plan:
                 if state and si < state["stage"]:
                     continue
-                if stage is None:
-                    opt, sched = self._optimizer(list(self.student.parameters()) + list(self.method_modules.parameters()),
-                                                 lr, epochs, r.milestones)
-                else:
-                    opt, sched = self._optimizer(stage.params, stage.lr or lr, epochs, ())
+                params = (list(self.student.parameters()) + list(self.method_modules.parameters())
+                          if stage is None else stage.params)
+                opt = self._optimizer(params, lr if stage is None else (stage.lr or lr))
+                lrs = lr_schedule(r.schedule, opt.param_groups[0]["lr"], epochs,
+                                  r.milestones if stage is None else (), r.gamma)
                 start = 0
                 if state and si == state["stage"]:
                     opt.load_state_dict(state["optimizer"])
-                    sched.load_state_dict(state["scheduler"])
                     start = state["epoch"] + 1
+                step = self.make_step(stage, opt)
                 for epoch in range(start, epochs):
                     gen = _reseed(self.seed, si, epoch, self.device)
+                    set_lr(opt, lrs[epoch], self.execution.compiled, self.device)
                     t0 = time.perf_counter()
-                    cur_lr = opt.param_groups[0]["lr"]
-                    loss = self._epoch(stage, opt, gen, epoch)
+                    loss = self._epoch(step, gen, epoch)
                     if self.device.type == "cuda":
                         torch.cuda.synchronize()
                     elapsed += time.perf_counter() - t0
                     images += self.data.num_train
-                    sched.step()
-                    top1, top5 = evaluate(self.student, self.methods, self.data)
+                    if not math.isfinite(loss):
+                        raise FloatingPointError(f"non-finite loss ({loss}) in epoch {epoch + 1}"
+                                                 + (f" of stage '{stage.name}'" if stage else ""))
+                    top1, top5 = evaluate(self.student, self.methods, self.data, self.execution.channels_last)
                     entry = {"epoch": epoch + 1, "top1": round(top1, 4), "top5": round(top5, 4),
-                             "train_loss": round(loss, 6), "lr": cur_lr}
+                             "train_loss": round(loss, 6), "lr": lrs[epoch]}
                     (curve if stage is None else stage_log).append(entry if stage is None else {"stage": stage.name, **entry})
                     bar.set_postfix(top1=f"{top1:.2f}", loss=f"{loss:.3f}")
                     bar.update(1)
                     self._save_state({"stage": si, "epoch": epoch, "student": self.student.state_dict(),
                                       "methods": self.method_modules.state_dict(), "optimizer": opt.state_dict(),
-                                      "scheduler": sched.state_dict(), "curve": curve, "stage_log": stage_log,
+                                      "curve": curve, "stage_log": stage_log,
                                       "elapsed": elapsed, "images": images})
                     done_epochs += 1
                     if stop_after_epochs is not None and done_epochs >= stop_after_epochs and (si, epoch + 1) != (plan[-1][0], epochs):
@@ -392,7 +409,7 @@ class Run:
                            "num_train": self.ds.num_train, "num_test": self.data.num_test},
                    teacher_cell=self.teacher_id,
                    teacher_checkpoint_sha256=self.teacher_sha, git=self.git, versions=_versions(),
-                   device=_device_name(self.device), wall_s=round(elapsed, 3),
+                   device=_device_name(self.device), execution=self.execution.record(self.device), wall_s=round(elapsed, 3),
                    images_per_s=round(images / elapsed, 1) if elapsed else None,
                    started=started.isoformat(timespec="seconds"),
                    finished=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), host=platform.node(),
@@ -403,7 +420,7 @@ class Run:
 
 
 def get_teacher(cell: Cell, recipe: Recipe, num_classes: int, device, *, data_root=None, store=None,
-                results_dir=None, progress=True, log=print) -> tuple[nn.Module | None, str | None, str | None]:
+                results_dir=None, progress=True, log=print, execution: Execution | None = None) -> tuple[nn.Module | None, str | None, str | None]:
     """The frozen teacher of `cell`: from the checkpoint store (sha256-checked), or trained now by
     its own cell (the baseline method on the teacher architecture, the teacher recipe, the recipe's
     teacher seed, the same overrides)."""
@@ -426,16 +443,17 @@ def get_teacher(cell: Cell, recipe: Recipe, num_classes: int, device, *, data_ro
         tid = cell_id(tcell.dataset, "baseline", tcell.student, None, trecipe.id)
         path = checkpoint_path(tid, recipe.teacher_seed, store)
         log(f"no stored teacher for {tid}: training it first (seed {recipe.teacher_seed})")
-        Run(tcell, trecipe, recipe.teacher_seed, device, data_root, store, results_dir, progress, log).run()
+        Run(tcell, trecipe, recipe.teacher_seed, device, data_root, store, results_dir, progress, log, execution).run()
     model = build_model(cell.teacher, num_classes).to(device)
     sha = load_checkpoint(model, path)
     return freeze(model), sha, tid
 
 
 def run_cell(cell: Cell, seed: int = 0, *, device: str | None = None, overrides: dict | None = None,
-             data_root=None, store=None, results_dir=None, progress=True, log=print, stop_after_epochs=None) -> dict:
+             data_root=None, store=None, results_dir=None, progress=True, log=print, stop_after_epochs=None,
+             execution: Execution | None = None) -> dict:
     """Train `cell` with `seed` (its teacher first when none is stored) and append its result line."""
     import kd.methods  # noqa: F401
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     recipe = load_recipe(cell.recipe).with_overrides(**(overrides or {}))
-    return Run(cell, recipe, seed, dev, data_root, store, results_dir, progress, log).run(stop_after_epochs)
+    return Run(cell, recipe, seed, dev, data_root, store, results_dir, progress, log, execution).run(stop_after_epochs)

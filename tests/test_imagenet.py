@@ -227,13 +227,13 @@ def test_deit_methods_read_the_distillation_token():
     feats, logits = s.extract(x)
     z_t = torch.randn(2, 5)
     ctx = Context(s, None, [f.shape for f in feats], [], 5, 10, 1, 1, (3, 224, 224))
-    step = Step(x, y, torch.arange(2), logits, feats, z_t, [], 0, 0.0, s, None)
+    step = Step(x, y, torch.arange(2), logits, feats, z_t, [], 0, s, None)
     z_d = s.head_dist(feats[-2][:, 1])
     assert not torch.allclose(z_d, logits)
     torch.testing.assert_close(DeiTHard(ctx)(step), deit_hard_loss(z_d, z_t))
     torch.testing.assert_close(DeiTSoft(ctx)(step), deit_soft_loss(z_d, z_t, 3.0))
     assert METHODS["deit_soft"] is DeiTSoft and DeiTSoft(ctx).T == 3.0
-    cnn = Step(x, y, torch.arange(2), logits, feats, z_t, [], 0, 0.0, MODELS.get("mobilenet_v1")(num_classes=5), None)
+    cnn = Step(x, y, torch.arange(2), logits, feats, z_t, [], 0, MODELS.get("mobilenet_v1")(num_classes=5), None)
     torch.testing.assert_close(DeiTHard(ctx)(cnn), deit_hard_loss(logits, z_t))   # no token: class logits
 
 

@@ -44,7 +44,7 @@ def ctx_for(s, t, hw=16, epochs=10):
 
 def fake_step(s_logits=None, t_logits=None, targets=None, s_feats=(), t_feats=(), epoch=0, **kw):
     return Step(kw.get("images"), targets, None, s_logits, list(s_feats), t_logits, list(t_feats), epoch,
-                float(epoch), kw.get("student"), kw.get("teacher"))
+                kw.get("student"), kw.get("teacher"))
 
 
 def np_pool2(a):          # (B, C, H, W) -> (B, C, H/2, W/2), 2x2 block means (= adaptive pool here)
@@ -98,7 +98,7 @@ def test_dkd_warmup_factor_and_weights():
     full = (tc + 6.0 * nc).item()
     for epoch, factor in ((0, 1 / 20), (9, 10 / 20), (19, 1.0), (100, 1.0)):
         got = m(fake_step(s, t, y, epoch=epoch)).item()
-        assert got == pytest.approx(factor * full, rel=1e-9), epoch
+        assert got == pytest.approx(factor * full, rel=1e-6), epoch   # the factor is computed in float32, on the device
 
 
 # --- feature losses against hand computations --------------------------------------------------

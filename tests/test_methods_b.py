@@ -41,7 +41,7 @@ def make_step(s, t, preact=False, b=8, hw=16, epoch=0, seed=1, n=64):
     sf, sl = s.extract(x, preact=preact)
     with torch.no_grad():
         tf, tl = t.extract(x, preact=preact)
-    return Step(x, y, idx, sl, sf, tl, tf, epoch, float(epoch), s, t)
+    return Step(x, y, idx, sl, sf, tl, tf, epoch, s, t)
 
 
 def manual_factor(f):
@@ -186,7 +186,7 @@ def test_srd_hand_and_projector_gradient():
     f_t = torch.randn(4, 5, generator=g)
     ctx = Context(None, None, [f_s.shape], [f_t.shape], 10, 64, 10, 4, (3, 8, 8))
     m = METHODS["srd"](ctx)
-    st = Step(None, None, None, torch.zeros(4, 10), [f_s], torch.zeros(4, 10), [f_t], 0, 0.0)
+    st = Step(None, None, None, torch.zeros(4, 10), [f_s], torch.zeros(4, 10), [f_t], 0)
     loss = m(st)
     bn = lambda x: (x - x.mean(0)) / torch.sqrt(x.var(0, unbiased=False) + 1e-4)  # noqa: E731
     z = f_s @ m.projector.weight.T + m.projector.bias

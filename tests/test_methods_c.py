@@ -56,7 +56,7 @@ def test_ipot_batched_over_layers_and_identity_plan():
 
 
 def ot_step(feats_s, feats_t):
-    return Step(None, None, None, None, feats_s, None, feats_t, 0, 0.0)
+    return Step(None, None, None, None, feats_s, None, feats_t, 0)
 
 
 @pytest.mark.parametrize("cls", [IPOT, REMD])
@@ -117,7 +117,7 @@ def test_one_branches_gate_ensemble(arch):
     z, g, ens = m.ensemble(feats[-3], logits)
     assert z.shape == (3, 8, 10) and torch.allclose(g.sum(1), torch.ones(8), atol=1e-6)
     assert torch.allclose(ens, sum(g[:, i:i + 1] * z[i] for i in range(3)), atol=1e-5)
-    out = m(Step(x, y, torch.arange(8), logits, feats, None, [], 100, 100.0, s, None))
+    out = m(Step(x, y, torch.arange(8), logits, feats, None, [], 100, s, None))
     assert all(torch.isfinite(v) for v in out.values())
     sum(out.values()).backward()
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in m.parameters())

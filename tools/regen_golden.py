@@ -45,7 +45,7 @@ def method_losses(name: str) -> dict[str, float]:
     sf, sl = s.extract(x, preact=cls.needs_preact)
     with torch.no_grad():
         tf, tl = t.extract(x, preact=cls.needs_preact)
-    out = m(Step(x, y, idx, sl, sf, tl, tf, 1, 1.0, s, t))
+    out = m(Step(x, y, idx, sl, sf, tl, tf, 1, s, t))
     terms = out if isinstance(out, dict) else {"loss": out}
     return {k: float(v.detach()) for k, v in sorted(terms.items())}
 

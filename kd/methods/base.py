@@ -11,6 +11,10 @@ buffers) is a submodule/parameter of the method: the loop puts all method parame
 optimizer, saves and restores them with the run, and switches them between train/eval with the
 student. The student and teacher are passed in, never stored as submodules (use `Context`).
 
+A method's forward must not synchronise with the host (no .item(), no Python branch on a tensor's
+value, no data-dependent shapes), so that the whole step can be compiled and captured as a CUDA
+graph (kd/execution.py); tests/test_execution.py traces every method with fullgraph=True.
+
 Stages (FitNet's hint stage, FSP/AB/FT initialisation) are declared by `stages()`: the loop runs
 each `Stage` for its epochs before the main training, optimising only `stage.params` on
 `stage.loss(step)` alone (no cross-entropy), with the recipe's optimizer at `stage.lr`.
@@ -47,8 +51,8 @@ class Step:
     s_feats: list[torch.Tensor]
     t_logits: torch.Tensor | None
     t_feats: list[torch.Tensor]
-    epoch: int                        # 0-based epoch of the current stage
-    progress: float                   # epoch + fraction of the epoch done, for warm-ups
+    epoch: torch.Tensor | int         # 0-based epoch of the current stage; the loop passes a 0-d float
+                                      # tensor on the device (use torch ops on it: no host sync)
     student: nn.Module = field(repr=False, default=None)
     teacher: nn.Module | None = field(repr=False, default=None)
 
@@ -68,6 +72,7 @@ class Method(nn.Module):
     needs_features: bool = True       # False: the loop may skip feature extraction (logit methods)
     needs_preact: bool = False        # features before the last ReLU of each stage (AB, OFD)
     needs_teacher: bool = True        # False for online methods (DML, ONE)
+    capturable: bool = True           # False: forward needs a host decision per step; cells run eagerly
 
     def __init__(self, ctx: Context):
         super().__init__()

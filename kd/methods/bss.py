@@ -22,7 +22,8 @@ classes and averaged over its samples (clean batch / attacked samples), no T² f
 probabilities detached, as the reference (the gradient norm is clamped at 1e-12, ours). Cell: ce_weight 1 (the reference adds plain CE) and bss
 weight 1 (no separate kd term). The reference's own recipe: 80 epochs, bs 256, lr 0.1 (x0.1 at
 E/2, 3E/4), wd 1e-4. The selection needs one host sync per step (variable attacked-set size, as in
-the reference, so the student's BatchNorm sees exactly the attacked samples).
+the reference, so the student's BatchNorm sees exactly the attacked samples): `capturable = False`,
+its cells run eagerly in every execution mode (kd/execution.py).
 """
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ def soft_ce(s_logits: torch.Tensor, t_logits: torch.Tensor, T: float) -> torch.T
 @METHODS.register("bss")
 class BSS(Method):
     needs_features = False
+    capturable = False
 
     def __init__(self, ctx: Context, T: float = 3.0, attack_size: int = 64, num_steps: int = 10,
                  step_alpha: float = 0.3, clamp: float = 2.5, kd_ratio: float = 3.0, bss_ratio: float = 2.0):
@@ -82,7 +84,7 @@ class BSS(Method):
         return idx, cls.gather(1, k[:, None]).squeeze(1)
 
     def forward(self, step: Step) -> dict[str, torch.Tensor]:
-        ratio, ratio_bss = self.ratios(step.epoch)
+        ratio, ratio_bss = self.ratios(int(step.epoch))           # host sync: BSS is not capturable
         out = {"kd": ratio * soft_ce(step.s_logits, step.t_logits, self.T),
                "bss": step.s_logits.new_zeros(())}
         if ratio_bss > 0:

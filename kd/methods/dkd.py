@@ -41,9 +41,12 @@ def dkd_terms(s_logits: torch.Tensor, t_logits: torch.Tensor, target: torch.Tens
     return tckd, nckd
 
 
-def warmup_factor(epoch: int, warmup: float) -> float:
-    """mdistiller's min(epoch / warmup, 1) with its 1-based epoch (our step.epoch is 0-based)."""
-    return min((epoch + 1) / warmup, 1.0) if warmup > 0 else 1.0
+def warmup_factor(epoch, warmup: float):
+    """mdistiller's min(epoch / warmup, 1) with its 1-based epoch (our step.epoch is 0-based; a
+    0-d tensor in the loop, so the factor is computed on the device, without a host sync)."""
+    if warmup <= 0:
+        return 1.0
+    return torch.clamp((torch.as_tensor(epoch, dtype=torch.float32) + 1) / warmup, max=1.0)
 
 
 @METHODS.register("dkd")

@@ -12,8 +12,8 @@ Translator k=0.5 with BN, LeakyReLU 0.1), `helper/pretrain.py` and `train_studen
 Convention: as RepDistiller: the factor is the L2-normalised channel-mean of squares per sample
 (the paper's eq. (3) normalises the whole factor tensor; RepDistiller reduces it to a spatial map),
 p = 1, mean over batch and positions; cell weight 200 (`-a 0 -b 200`). The paraphraser is frozen
-in main training (its factor computed under no_grad; its parameters marked requires_grad=False on
-the first main step so optimisers skip them), as RepDistiller keeps it out of the optimizer.
+in main training: its factor is computed under no_grad, so its parameters never get a gradient and
+SGD leaves them untouched (no weight decay, no momentum), as RepDistiller keeps it out of the optimizer.
 The stage LR `init_lr` is 0.01 as RepDistiller's init for ResNet/WRN students (it uses the
 recipe LR for others: pass init_lr=None). RepDistiller runs the stage with the student in eval
 mode; the student is unused by this stage, so that does not matter here.
@@ -65,8 +65,6 @@ class FT(Method):
         return list(self.encoder.parameters()) + list(self.decoder.parameters())
 
     def _init_loss(self, step: Step) -> torch.Tensor:
-        for p in self.paraphraser_params():
-            p.requires_grad_(True)
         f_t = step.t_feats[self.layer].detach()                       # (B, C_t, H, W)
         return F.mse_loss(self.decoder(self.encoder(f_t)), f_t)
 
@@ -76,9 +74,7 @@ class FT(Method):
         return [Stage("paraphraser", self.init_epochs, self.paraphraser_params(), self._init_loss, self.init_lr)]
 
     def forward(self, step: Step) -> torch.Tensor:
-        for p in self.paraphraser_params():
-            p.requires_grad_(False)                                   # frozen after its stage
-        with torch.no_grad():
+        with torch.no_grad():                                         # paraphraser frozen after its stage
             factor_t = self.encoder(step.t_feats[self.layer])         # (B, c_f, H_t, W_t)
         factor_s = self.translator(step.s_feats[self.layer])          # (B, c_f, H_s, W_s)
         return factor_loss(factor_s, factor_t)

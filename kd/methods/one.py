@@ -19,7 +19,6 @@ eval_logits return the gated ensemble instead. Supported students: CIFAR ResNets
 """
 from __future__ import annotations
 
-import math
 
 import torch
 import torch.nn.functional as F
@@ -80,7 +79,8 @@ class ONE(Method):
 
     def forward(self, step: Step) -> dict[str, torch.Tensor]:
         z, _, ens = self.ensemble(step.s_feats[-3], step.s_logits)
-        w = 1.0 if self.rampup <= 0 else math.exp(-5.0 * (1.0 - min(step.epoch / self.rampup, 1.0)) ** 2)
+        w = 1.0 if self.rampup <= 0 else torch.exp(       # on the device: no host sync per step
+            -5.0 * (1.0 - torch.clamp(torch.as_tensor(step.epoch, dtype=torch.float32) / self.rampup, max=1.0)) ** 2)
         return {"branch_ce": sum(F.cross_entropy(zi, step.targets) for zi in z[1:]),
                 "ensemble_ce": F.cross_entropy(ens, step.targets),
                 "kl": w * sum(kd_loss(zi, ens, self.T) for zi in z)}

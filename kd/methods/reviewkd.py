@@ -30,6 +30,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kd.methods.base import Context, Method, Step
+from kd.methods.dkd import warmup_factor
 from kd.registry import METHODS
 
 
@@ -97,5 +98,4 @@ class ReviewKD(Method):
         for l in reversed(range(len(xs))):                            # deepest level first
             out, res = self.abfs[l](xs[l], res, self.t_hw[l])
             outs.insert(0, out)
-        warm = min((step.epoch + 1) / self.warmup_epochs, 1.0) if self.warmup_epochs > 0 else 1.0
-        return warm * hcl_loss(outs, ts)
+        return warmup_factor(step.epoch, self.warmup_epochs) * hcl_loss(outs, ts)
