@@ -43,6 +43,8 @@ class Execution:
     mode: str = "eager"
     channels_last: bool = False
     fallback: str | None = None         # why a requested compiled mode runs eagerly (announced, recorded)
+    backend: str = "inductor"           # torch.compile backend; "aot_eager" traces and differentiates the
+                                        # same graphs without generating kernels (fast to compile, tests)
 
     @property
     def compiled(self) -> bool:
@@ -62,10 +64,12 @@ class Execution:
             return self
         why = f"{', '.join(bad)} cannot be captured (a host decision per step); running eagerly"
         log(f"execution mode '{self.mode}' requested: {why}")
-        return Execution("eager", self.channels_last, fallback=f"{self.mode} -> eager: {why}")
+        return Execution("eager", self.channels_last, fallback=f"{self.mode} -> eager: {why}", backend=self.backend)
 
     def record(self, device: torch.device) -> dict:
         rec = {"mode": self.mode, "channels_last": self.channels_last, "fallback": self.fallback}
+        if self.compiled:
+            rec["backend"] = self.backend
         if device.type == "cuda":
             rec.update(tf32_conv=torch.backends.cudnn.allow_tf32, tf32_matmul=torch.backends.cuda.matmul.allow_tf32)
         return rec
@@ -82,8 +86,10 @@ class Execution:
             cfg.recompile_limit = max(cfg.recompile_limit, 64)   # stages x 2 batch shapes x epochs tensors
         else:                                                     # torch < 2.6
             cfg.cache_size_limit = max(cfg.cache_size_limit, 64)
-        mode = "reduce-overhead" if self.mode == "graph" else None
-        compiled = torch.compile(fn, mode=mode, dynamic=False)
+        if self.mode == "graph":
+            compiled = torch.compile(fn, mode="reduce-overhead", dynamic=False)
+        else:
+            compiled = torch.compile(fn, backend=self.backend, dynamic=False)
         if self.mode != "graph":
             return compiled
 

@@ -1,0 +1,144 @@
+"""The fast step: capture safety of every method, compiled == eager within float rounding, the
+learning-rate schedule, and the execution settings recorded or refused."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+
+import kd.methods  # noqa: F401
+from kd.cells import Cell, load_recipe
+from kd.data import load_dataset
+from kd.errors import KDError
+from kd.execution import Execution, default_execution, lr_schedule
+from kd.registry import METHODS
+from kd.train import Run, build_model, freeze
+from test_methods_common import context, make_pair, step
+
+# Inductor fuses and reorders float32 reductions. BatchNorm's weight/bias gradients are sums that
+# cancel heavily, so they differ by 1e-5 to 3e-5 relative between Inductor and eager (measured on
+# tiny_s, batches of 40/16/8); six SGD steps at lr 0.05 then leave parameters up to 1.2e-5 apart
+# (absolute, weights of 0.1-1). One real protocol change (a dropped batch, another LR) moves them
+# by 1e-3 or more.
+RTOL, ATOL = 1e-3, 5e-5
+
+
+@pytest.mark.parametrize("name", sorted(n for n in METHODS if METHODS[n].capturable))
+def test_every_capturable_method_traces_without_host_sync(name):
+    """fullgraph=True fails on .item(), a Python branch on a tensor value, a data-dependent shape or
+    requires_grad_ inside the step: what a CUDA graph cannot capture. Stage losses too."""
+    import torch._dynamo
+    s, t = make_pair()
+    cls = METHODS[name]
+    m = cls(context(s, t, cls.needs_preact))
+    s.train(), m.train()
+    x, y, idx = torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,)), torch.arange(8)
+    losses = [lambda st: (lambda o: sum(o.values()) if isinstance(o, dict) else o)(m(st))]
+    losses += [stage.loss for stage in m.stages()]
+    for loss in losses:
+        torch._dynamo.reset()
+        f = torch.compile(lambda x, y, idx, e: loss(step(s, t, m, x, y, idx, epoch=e)), fullgraph=True, backend="eager")
+        assert torch.isfinite(f(x, y, idx, torch.zeros(())))
+
+
+def test_bss_is_declared_not_capturable_and_falls_back_announced():
+    assert not METHODS["bss"].capturable
+    said = []
+    ex = Execution("compile").for_methods([object.__new__(METHODS["bss"]), object.__new__(METHODS["kd"])], said.append)
+    assert ex.mode == "eager" and "BSS" in ex.fallback and len(said) == 1 and "compile" in said[0]
+    assert ex.record(torch.device("cpu"))["fallback"] == ex.fallback
+
+
+def test_bad_modes_are_one_line_errors():
+    with pytest.raises(KDError, match="unknown execution mode 'fast'; valid: eager, compile, graph"):
+        Execution("fast").check(torch.device("cpu"))
+    with pytest.raises(KDError, match="needs a CUDA device"):
+        Execution("graph").check(torch.device("cpu"))
+    assert default_execution(torch.device("cpu")).mode == "eager"
+    assert default_execution(torch.device("cuda")).mode == "graph"
+
+
+def test_lr_schedule_is_pytorchs_scheduler():
+    got = lr_schedule("multistep", 0.05, 8, (3, 5), 0.1)
+    assert got[:3] == [0.05] * 3 and got[3] == pytest.approx(0.005) and got[5] == pytest.approx(0.0005)
+    p = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.SGD([p], lr=0.1)
+    sch = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=6)
+    want = []
+    for _ in range(6):
+        want.append(opt.param_groups[0]["lr"])
+        opt.step(), sch.step()
+    assert lr_schedule("cosine", 0.1, 6, (), 0.1) == want          # exactly, float for float
+
+
+def _run(data_root, terms, execution, ce=0.1, bs=40):
+    cell = Cell("cifar100", "+".join(t["name"] for t in terms), "tiny_s", "tiny_t", "crd", ce_weight=ce, terms=terms)
+    recipe = load_recipe("crd").with_overrides(batch_size=bs)
+    run = Run(cell, recipe, 0, torch.device("cpu"), data_root, execution=execution, log=lambda *a: None)
+    run.ds = load_dataset("cifar100", data_root)          # 96 images: batches of 40, 40 and the last of 16
+    run.data = run.ds.on_device(run.device)
+    torch.manual_seed(1)
+    teacher = freeze(build_model("tiny_t", 100))
+    run.build(teacher, None)
+    return run
+
+
+@pytest.mark.parametrize("terms,backend", [
+    (({"name": "kd", "weight": 0.9, "T": 4},), "inductor"),
+    (({"name": "at", "weight": 1000.0},), "aot_eager"),
+    (({"name": "crd", "weight": 0.8, "nce_k": 32}, {"name": "kd", "weight": 1.0}), "aot_eager"),
+], ids=["kd", "at", "crd+kd"])
+def test_compiled_step_equals_eager_step(data_root, terms, backend):
+    """Two epochs of steps (the last, smaller batch of each kept) through the loop's own step: the
+    compiled step gives the eager step's parameters and buffers (BatchNorm statistics, CRD memory
+    banks and its normalisation constants) within float rounding, and the same losses. KD compiles
+    with Inductor, as `--mode compile` runs; AT and CRD+KD with aot_eager (the same traced,
+    functionalised and differentiated graphs, buffer mutations included, without kernel generation,
+    which costs minutes per graph on a 2-core CI machine)."""
+    results = {}
+    for mode in ("eager", "compile"):
+        run = _run(data_root, terms, Execution(mode, channels_last=False, backend=backend), bs=40)
+        opt = run._optimizer(list(run.student.parameters()) + list(run.method_modules.parameters()), 0.05)
+        from kd.execution import set_lr
+        set_lr(opt, 0.05, run.execution.compiled, run.device)
+        stepf = run.make_step(None, opt)
+        losses = []
+        for epoch in range(2):
+            gen = torch.Generator().manual_seed(epoch)
+            losses.append(run._epoch(stepf, gen, epoch))
+        state = {**{f"s.{k}": v for k, v in run.student.state_dict().items()},
+                 **{f"m.{k}": v for k, v in run.method_modules.state_dict().items()}}
+        results[mode] = losses, copy.deepcopy(state)
+    (le, se), (lc, sc) = results["eager"], results["compile"]
+    assert lc == pytest.approx(le, rel=RTOL)
+    for k, v in se.items():
+        if v.is_floating_point():
+            torch.testing.assert_close(sc[k], v, rtol=RTOL, atol=ATOL, msg=k)
+        else:
+            assert torch.equal(sc[k], v), k
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+@pytest.mark.parametrize("mode", ["compile", "graph"])
+def test_cuda_modes_equal_eager(data_root, mode):
+    """On a GPU: the graphed step (CUDA graphs through Inductor) equals the eager step, KD and CRD."""
+    terms = ({"name": "crd", "weight": 0.8, "nce_k": 32}, {"name": "kd", "weight": 1.0})
+    out = {}
+    for m in ("eager", mode):
+        cell = Cell("cifar100", "crd+kd", "tiny_s", "tiny_t", "crd", ce_weight=0.1, terms=terms)
+        run = Run(cell, load_recipe("crd").with_overrides(batch_size=40), 0, torch.device("cuda"), data_root,
+                  execution=Execution(m), log=lambda *a: None)
+        run.ds = load_dataset("cifar100", data_root)
+        run.data = run.ds.on_device(run.device)
+        torch.manual_seed(1)
+        run.build(freeze(build_model("tiny_t", 100).cuda()), None)
+        opt = run._optimizer(list(run.student.parameters()) + list(run.method_modules.parameters()), 0.05)
+        from kd.execution import set_lr
+        set_lr(opt, 0.05, run.execution.compiled, run.device)
+        stepf = run.make_step(None, opt)
+        for epoch in range(2):
+            run._epoch(stepf, torch.Generator(device="cuda").manual_seed(epoch), epoch)
+        out[m] = {k: v.detach().cpu() for k, v in run.student.state_dict().items()}
+    for k, v in out["eager"].items():
+        torch.testing.assert_close(out[mode][k], v, rtol=1e-3, atol=1e-4, msg=k)   # TF32 convs both ways
