@@ -4,8 +4,15 @@ Conventions that change numbers, all here:
 - loss = ce_weight * CE(student logits, labels) + sum_i weight_i * method_i(step), weights from the
   cell (RepDistiller's `r*CE + a*KD + b*method`). A method returning a dict contributes the sum of
   its terms.
-- The teacher is frozen in exactly one place, `freeze()`: eval mode (BatchNorm uses running
-  statistics), no parameter gradients, forward under torch.no_grad(). It never enters train mode.
+- The teacher is frozen in exactly one place, `freeze()`: no parameter gradients, forward under
+  torch.no_grad(), never saved. Its BatchNorm runs on running statistics ("eval", every method
+  but OFD) or on batch statistics ("train", OFD as mdistiller / clovaai), as the cell's methods
+  declare (`Method.teacher_mode`); the mode is recorded in the result (`teacher_mode`).
+- Stages (AB/FSP/FT initialisation, FitNet hints) run with the student and the method modules in
+  eval mode except the stage's `train_modules` (RepDistiller helper/pretrain.py); the main stage
+  runs the student and all method modules in train mode.
+- Features are extracted per kind (plain or pre-ReLU) only when some method of the current stage
+  reads that kind; each method gets the kinds it declares (`Method.kinds()`).
 - SGD (momentum, weight decay, Nesterov off) over the student's and the methods' parameters in one
   group, LR by the recipe (per-student LR where the recipe says so), multi-step decay ×gamma at the
   milestone epochs (or cosine), stepped once per epoch.
@@ -100,12 +107,52 @@ def build_model(name: str, num_classes: int) -> nn.Module:
     return MODELS.get(name)(num_classes=num_classes)
 
 
-def freeze(teacher: nn.Module) -> nn.Module:
-    """The one place the teacher is frozen: eval mode, no gradients. Its forward runs under no_grad."""
-    teacher.eval()
+TEACHER_MODES = ("eval", "train")
+
+
+def freeze(teacher: nn.Module, mode: str = "eval") -> nn.Module:
+    """The one place the teacher is frozen: no parameter gets a gradient, its forward runs under
+    no_grad (Run._forward), and it is never written back (only the student is saved).
+
+    mode "eval": every layer in eval mode, BatchNorm on its running statistics.
+    mode "train": BatchNorm layers on the batch's statistics, every other layer (dropout) in eval.
+    mdistiller's OFD (its Distiller.train, unlike the base class, leaves the teacher in train mode)
+    and the official clovaai OFD code (`t_net.train()`) do this; they also let the running
+    statistics drift in memory, where nothing reads them. Here train-mode BatchNorm does not track
+    them (track_running_stats off), so the teacher in memory stays equal to its checkpoint; the
+    forward's values are the same. The mode is kept in `teacher.kd_teacher_mode` and never changes,
+    whoever calls train()/eval() on the teacher afterwards.
+    """
+    if mode not in TEACHER_MODES:
+        raise KDError(f"unknown teacher mode '{mode}'; valid: {', '.join(TEACHER_MODES)}")
     teacher.requires_grad_(False)
-    teacher.train = lambda mode=True: teacher  # never leaves eval mode, whoever calls train()
+    nn.Module.train(teacher, False)
+    for m in teacher.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            nn.Module.train(m, mode == "train")
+            m.track_running_stats = mode == "eval" and m.running_mean is not None
+    teacher.train = lambda mode=True: teacher  # never leaves its mode, whoever calls train()/eval()
+    teacher.kd_teacher_mode = mode
     return teacher
+
+
+def _features(model: nn.Module, x: torch.Tensor, kinds: tuple[bool, ...], net: str) -> tuple[dict, torch.Tensor]:
+    """{(net, preact): feats} for each requested kind, and the logits. One forward per kind: no
+    kind costs one plain forward; a network asked for both kinds by a mixed cell runs twice (no
+    reference cell mixes kinds on one network)."""
+    if not kinds:
+        return {}, model(x)
+    out = {}
+    for preact in kinds:
+        feats, logits = model.extract(x, preact=preact)
+        out[(net, preact)] = feats
+    return out, logits
+
+
+def _kinds(methods) -> tuple[tuple[bool, ...], tuple[bool, ...]]:
+    """The student's and the teacher's feature kinds read by `methods` (sorted: plain first)."""
+    ks = [m.kinds() for m in methods if m.needs_features]
+    return tuple(sorted({k[0] for k in ks})), tuple(sorted({k[1] for k in ks}))
 
 
 def _versions() -> dict:
@@ -210,13 +257,21 @@ class Run:
         classes = [METHODS.get(n) for n, _, _ in specs]
         if teacher is None and any(c.needs_teacher for c in classes):
             raise KDError(f"{self.id}: a method needs a teacher but the cell has none")
-        self.need_feats = any(c.needs_features for c in classes)
-        self.preact = any(c.needs_preact for c in classes)
+        modes = {c.teacher_mode for c in classes if c.needs_teacher}
+        if len(modes) > 1:
+            raise KDError(f"{self.id}: the methods need the teacher in different modes ({', '.join(sorted(modes))})")
+        if teacher is not None:
+            freeze(teacher, modes.pop() if modes else "eval")
+        s_kinds, t_kinds = _kinds(classes)
         probe = self.data.probe(2)
         with torch.no_grad():
             self.student.eval()
-            s_feats, _ = self.student.extract(probe, preact=self.preact)
-            t_feats = teacher.extract(probe, preact=self.preact)[0] if teacher is not None else []
+            s_by = _features(self.student, probe, s_kinds or (False,), "s")[0]
+            t_by = _features(teacher, probe, t_kinds or (False,), "t")[0] if teacher is not None else {}
+        s_feats, t_feats = next(iter(s_by.values())), next(iter(t_by.values()), [])
+        if any([f.shape for f in v] != [f.shape for f in s_feats] for v in s_by.values()) or \
+                any([f.shape for f in v] != [f.shape for f in t_feats] for v in t_by.values()):
+            raise KDError(f"{self.id}: plain and pre-ReLU features differ in shape")
         steps = math.ceil(ds.num_train / self.recipe.batch_size)
         ctx = Context(self.student, teacher, [f.shape for f in s_feats], [f.shape for f in t_feats],
                       ds.num_classes, ds.num_train, self.recipe.epochs, steps, tuple(probe.shape[1:]),
@@ -228,7 +283,23 @@ class Run:
             raise KDError(f"{self.id}: bad method hyperparameter: {e}") from None
         self.weights = [w for _, w, _ in specs]
         self.method_modules = nn.ModuleList(self.methods)
-        self.stages = [s for m in self.methods for s in m.stages()]
+        self.stages = []
+        for m in self.methods:
+            for s in m.stages():
+                s.kinds = m.kinds()
+                self.stages.append(s)
+        # the feature kinds each phase extracts: a stage its method's, the main stage those of the
+        # methods it trains (zero-weight methods train only in their stages)
+        main = [m for m, w in zip(self.methods, self.weights) if w]
+        self._phase = {None: (*_kinds(main), any(m.needs_teacher for m in main))}
+        for s in self.stages:
+            self._phase[id(s)] = ((s.kinds[0],) if s.student_forward else (), (s.kinds[1],), True)
+
+    @property
+    def teacher_mode(self) -> str | None:
+        """How the teacher's BatchNorm runs in this run ("eval"/"train"; None without a teacher):
+        runs in different modes must never share a teacher forward."""
+        return getattr(self.teacher, "kd_teacher_mode", None)
 
     def _optimizer(self, params, lr: float, epochs: int, milestones):
         r = self.recipe
@@ -248,37 +319,41 @@ class Run:
         return opt, sched
 
     # -- one epoch ------------------------------------------------------------------------------
-    def _forward(self, x, y, idx, epoch, progress):
-        if self.need_feats:
-            s_feats, s_logits = self.student.extract(x, preact=self.preact)
-        else:
-            s_feats, s_logits = [], self.student(x)
-        t_feats, t_logits = [], None
-        if self.teacher is not None and self.methods:
+    def _forward(self, x, y, idx, epoch, progress, stage: Stage | None = None):
+        s_kinds, t_kinds, use_teacher = self._phase[None if stage is None else id(stage)]
+        by, s_logits = {}, None
+        if stage is None or stage.student_forward:
+            by, s_logits = _features(self.student, x, s_kinds, "s")
+        t_logits = None
+        if self.teacher is not None and use_teacher:
             with torch.no_grad():
-                if self.need_feats:
-                    t_feats, t_logits = self.teacher.extract(x, preact=self.preact)
-                else:
-                    t_logits = self.teacher(x)
-        return Step(x, y, idx, s_logits, s_feats, t_logits, t_feats, epoch, progress, self.student, self.teacher)
+                t_by, t_logits = _features(self.teacher, x, t_kinds, "t")
+            by.update(t_by)
+        s_feats = by.get(("s", s_kinds[0]), []) if s_kinds else []
+        t_feats = by.get(("t", t_kinds[0]), []) if t_kinds else []
+        return Step(x, y, idx, s_logits, s_feats, t_logits, t_feats, epoch, progress, self.student, self.teacher, by)
 
     def _epoch(self, stage: Stage | None, opt, gen, epoch: int) -> float:
-        self.student.train()
-        self.method_modules.train()
+        train_all = stage is None or stage.train_modules is None
+        self.student.train(train_all)
+        self.method_modules.train(train_all)
+        if not train_all:
+            for m in stage.train_modules:         # e.g. the student's feature modules + connectors
+                m.train()
         steps = math.ceil(self.data.num_train / self.recipe.batch_size)
         total = torch.zeros((), device=self.device)
         amp = self.recipe.amp and self.device.type == "cuda"
         for i, (idx, x, y) in enumerate(self.data.train_batches(self.recipe.batch_size, gen)):
             with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=amp):
-                step = self._forward(x, y, idx, epoch, epoch + i / steps)
+                step = self._forward(x, y, idx, epoch, epoch + i / steps, stage)
                 if stage is not None:
-                    loss = stage.loss(step)
+                    loss = stage.loss(step.select(stage.kinds))
                 else:
                     loss = self.cell.ce_weight * F.cross_entropy(step.s_logits, y) if self.cell.ce_weight else 0
                     for m, w in zip(self.methods, self.weights):
                         if not w:        # a zero-weight method only trains in its stage (FSP, AB, FitNet hints)
                             continue
-                        out = m(step)
+                        out = m(step.select(m.kinds()))
                         loss = loss + w * (sum(out.values()) if isinstance(out, dict) else out)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -390,7 +465,7 @@ class Run:
         rec.update(curve=curve, stage_curve=stage_log,
                    config={"cell": c.to_dict(), "recipe": asdict(self.recipe), "dataset_info": self.ds.info,
                            "num_train": self.ds.num_train, "num_test": self.data.num_test},
-                   teacher_cell=self.teacher_id,
+                   teacher_cell=self.teacher_id, teacher_mode=self.teacher_mode,
                    teacher_checkpoint_sha256=self.teacher_sha, git=self.git, versions=_versions(),
                    device=_device_name(self.device), wall_s=round(elapsed, 3),
                    images_per_s=round(images / elapsed, 1) if elapsed else None,
