@@ -12,7 +12,10 @@ Conventions that change numbers, all here:
   eval mode except the stage's `train_modules` (RepDistiller helper/pretrain.py); the main stage
   runs the student and all method modules in train mode.
 - Features are extracted per kind (plain or pre-ReLU) only when some method of the current stage
-  reads that kind; each method gets the kinds it declares (`Method.kinds()`).
+  reads that kind; each method gets the kinds it declares (`Method.kinds()`). A cell mixing kinds
+  on one network (e.g. AB + FitNet; no reference cell does) runs that network once per kind, so the
+  student's BatchNorm running statistics then move twice per step. The main stage runs the teacher
+  only when a method with a nonzero weight is there to read it.
 - SGD (momentum, weight decay, Nesterov off) over the student's and the methods' parameters in one
   group, LR by the recipe (per-student LR where the recipe says so), multi-step decay ×gamma at the
   milestone epochs (or cosine), stepped once per epoch.
