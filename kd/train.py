@@ -8,9 +8,9 @@ Conventions that change numbers, all here:
   torch.no_grad(), never saved. Its BatchNorm runs on running statistics ("eval", every method
   but OFD) or on batch statistics ("train", OFD as mdistiller / clovaai), as the cell's methods
   declare (`Method.teacher_mode`); the mode is recorded in the result (`teacher_mode`).
-- Stages (AB/FSP/FT initialisation, FitNet hints) run with the student and the method modules in
-  eval mode except the stage's `train_modules` (RepDistiller helper/pretrain.py); the main stage
-  runs the student and all method modules in train mode.
+- Initialisation stages (AB/FSP/FT) run with the student and the method modules in eval mode
+  except the stage's `train_modules` (RepDistiller helper/pretrain.py); FitNet's hint stage and the
+  main stage run the student and all method modules in train mode.
 - Features are extracted per kind (plain or pre-ReLU) only when some method of the current stage
   reads that kind; each method gets the kinds it declares (`Method.kinds()`). A cell mixing kinds
   on one network (e.g. AB + FitNet; no reference cell does) runs that network once per kind, so the
