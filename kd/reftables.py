@@ -28,7 +28,7 @@ KNOWN_MODELS = frozenset(
     "resnet50_in bit_m_r152x2 tiny_t tiny_s deit_tiny_nodist deit_small_nodist".split())
 KNOWN_METHODS = frozenset(
     "baseline kd dkd bss fitnet at fsp nst ft ab vid ofd reviewkd srrl srd remd ipot sp cc rkd rkd_d "
-    "rkd_a rkd_da pkt crd dml one deit_hard deit_soft civt dearkd uskd funmatch".split())
+    "rkd_a rkd_da pkt crd dml one kdsvd deit_hard deit_soft civt dearkd uskd funmatch".split())
 KNOWN_RECIPES = frozenset("crd sarfraz svhn_ot imagenet deit fsp_full fsp_third digits".split())
 # Methods whose published number has no single teacher network (online KD, ensemble teachers).
 TEACHERLESS = frozenset({"dml", "one", "civt"})

@@ -4,8 +4,18 @@ Conventions that change numbers, all here:
 - loss = ce_weight * CE(student logits, labels) + sum_i weight_i * method_i(step), weights from the
   cell (RepDistiller's `r*CE + a*KD + b*method`). A method returning a dict contributes the sum of
   its terms.
-- The teacher is frozen in exactly one place, `freeze()`: eval mode (BatchNorm uses running
-  statistics), no parameter gradients, forward under torch.no_grad(). It never enters train mode.
+- The teacher is frozen in exactly one place, `freeze()`: no parameter gradients, forward under
+  torch.no_grad(), never saved. Its BatchNorm runs on running statistics ("eval", every method
+  but OFD) or on batch statistics ("train", OFD as mdistiller / clovaai), as the cell's methods
+  declare (`Method.teacher_mode`); the mode is recorded in the result (`teacher_mode`).
+- Initialisation stages (AB/FSP/FT) run with the student and the method modules in eval mode
+  except the stage's `train_modules` (RepDistiller helper/pretrain.py); FitNet's hint stage and the
+  main stage run the student and all method modules in train mode.
+- Features are extracted per kind (plain or pre-ReLU) only when some method of the current stage
+  reads that kind; each method gets the kinds it declares (`Method.kinds()`). A cell mixing kinds
+  on one network (e.g. AB + FitNet; no reference cell does) runs that network once per kind, so the
+  student's BatchNorm running statistics then move twice per step. The main stage runs the teacher
+  only when a method with a nonzero weight is there to read it.
 - SGD (momentum, weight decay, Nesterov off) over the student's and the methods' parameters in one
   group, LR by the recipe (per-student LR where the recipe says so), multi-step decay ×gamma at the
   milestone epochs (or cosine), stepped once per epoch.
@@ -107,12 +117,52 @@ def build_model(name: str, num_classes: int) -> nn.Module:
     return MODELS.get(name)(num_classes=num_classes)
 
 
-def freeze(teacher: nn.Module) -> nn.Module:
-    """The one place the teacher is frozen: eval mode, no gradients. Its forward runs under no_grad."""
-    teacher.eval()
+TEACHER_MODES = ("eval", "train")
+
+
+def freeze(teacher: nn.Module, mode: str = "eval") -> nn.Module:
+    """The one place the teacher is frozen: no parameter gets a gradient, its forward runs under
+    no_grad (Run._forward), and it is never written back (only the student is saved).
+
+    mode "eval": every layer in eval mode, BatchNorm on its running statistics.
+    mode "train": BatchNorm layers on the batch's statistics, every other layer (dropout) in eval.
+    mdistiller's OFD (its Distiller.train, unlike the base class, leaves the teacher in train mode)
+    and the official clovaai OFD code (`t_net.train()`) do this; they also let the running
+    statistics drift in memory, where nothing reads them. Here train-mode BatchNorm does not track
+    them (track_running_stats off), so the teacher in memory stays equal to its checkpoint; the
+    forward's values are the same. The mode is kept in `teacher.kd_teacher_mode` and never changes,
+    whoever calls train()/eval() on the teacher afterwards.
+    """
+    if mode not in TEACHER_MODES:
+        raise KDError(f"unknown teacher mode '{mode}'; valid: {', '.join(TEACHER_MODES)}")
     teacher.requires_grad_(False)
-    teacher.train = lambda mode=True: teacher  # never leaves eval mode, whoever calls train()
+    nn.Module.train(teacher, False)
+    for m in teacher.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            nn.Module.train(m, mode == "train")
+            m.track_running_stats = mode == "eval" and m.running_mean is not None
+    teacher.train = lambda mode=True: teacher  # never leaves its mode, whoever calls train()/eval()
+    teacher.kd_teacher_mode = mode
     return teacher
+
+
+def _features(model: nn.Module, x: torch.Tensor, kinds: tuple[bool, ...], net: str) -> tuple[dict, torch.Tensor]:
+    """{(net, preact): feats} for each requested kind, and the logits. One forward per kind: no
+    kind costs one plain forward; a network asked for both kinds by a mixed cell runs twice (no
+    reference cell mixes kinds on one network)."""
+    if not kinds:
+        return {}, model(x)
+    out = {}
+    for preact in kinds:
+        feats, logits = model.extract(x, preact=preact)
+        out[(net, preact)] = feats
+    return out, logits
+
+
+def _kinds(methods) -> tuple[tuple[bool, ...], tuple[bool, ...]]:
+    """The student's and the teacher's feature kinds read by `methods` (sorted: plain first)."""
+    ks = [m.kinds() for m in methods if m.needs_features]
+    return tuple(sorted({k[0] for k in ks})), tuple(sorted({k[1] for k in ks}))
 
 
 def _versions() -> dict:
@@ -220,13 +270,21 @@ class Run:
         classes = [METHODS.get(n) for n, _, _ in specs]
         if teacher is None and any(c.needs_teacher for c in classes):
             raise KDError(f"{self.id}: a method needs a teacher but the cell has none")
-        self.need_feats = any(c.needs_features for c in classes)
-        self.preact = any(c.needs_preact for c in classes)
+        modes = {c.teacher_mode for c in classes if c.needs_teacher}
+        if len(modes) > 1:
+            raise KDError(f"{self.id}: the methods need the teacher in different modes ({', '.join(sorted(modes))})")
+        if teacher is not None:
+            freeze(teacher, modes.pop() if modes else "eval")
+        s_kinds, t_kinds = _kinds(classes)
         probe = self.data.probe(2)
         with torch.no_grad():
             self.student.eval()
-            s_feats, _ = self.student.extract(probe, preact=self.preact)
-            t_feats = teacher.extract(probe, preact=self.preact)[0] if teacher is not None else []
+            s_by = _features(self.student, probe, s_kinds or (False,), "s")[0]
+            t_by = _features(teacher, probe, t_kinds or (False,), "t")[0] if teacher is not None else {}
+        s_feats, t_feats = next(iter(s_by.values())), next(iter(t_by.values()), [])
+        if any([f.shape for f in v] != [f.shape for f in s_feats] for v in s_by.values()) or \
+                any([f.shape for f in v] != [f.shape for f in t_feats] for v in t_by.values()):
+            raise KDError(f"{self.id}: plain and pre-ReLU features differ in shape")
         steps = math.ceil(ds.num_train / self.recipe.batch_size)
         ctx = Context(self.student, teacher, [f.shape for f in s_feats], [f.shape for f in t_feats],
                       ds.num_classes, ds.num_train, self.recipe.epochs, steps, tuple(probe.shape[1:]),
@@ -238,12 +296,28 @@ class Run:
             raise KDError(f"{self.id}: bad method hyperparameter: {e}") from None
         self.weights = [w for _, w, _ in specs]
         self.method_modules = nn.ModuleList(self.methods)
-        self.stages = [s for m in self.methods for s in m.stages()]
+        self.stages = []
+        for m in self.methods:
+            for s in m.stages():
+                s.kinds = m.kinds()
+                self.stages.append(s)
+        # the feature kinds each phase extracts: a stage its method's, the main stage those of the
+        # methods it trains (zero-weight methods train only in their stages)
+        main = [m for m, w in zip(self.methods, self.weights) if w]
+        self._phase = {None: (*_kinds(main), any(m.needs_teacher for m in main))}
+        for s in self.stages:
+            self._phase[id(s)] = ((s.kinds[0],) if s.student_forward else (), (s.kinds[1],), True)
         self.execution = self.execution.for_methods(self.methods, self.log)
         if self.execution.channels_last:
             for m in (self.student, teacher, self.method_modules):
                 if m is not None:
                     m.to(memory_format=torch.channels_last)
+
+    @property
+    def teacher_mode(self) -> str | None:
+        """How the teacher's BatchNorm runs in this run ("eval"/"train"; None without a teacher):
+        runs in different modes must never share a teacher forward."""
+        return getattr(self.teacher, "kd_teacher_mode", None)
 
     def _optimizer(self, params, lr: float):
         r = self.recipe
@@ -255,32 +329,32 @@ class Run:
         raise KDError(f"unknown optimizer '{r.optimizer}'; valid: sgd, adamw")
 
     # -- one step, one epoch ----------------------------------------------------------------------
-    def _forward(self, x, y, idx, epoch):
+    def _forward(self, x, y, idx, epoch, stage: Stage | None = None):
         if self.execution.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        if self.need_feats:
-            s_feats, s_logits = self.student.extract(x, preact=self.preact)
-        else:
-            s_feats, s_logits = [], self.student(x)
-        t_feats, t_logits = [], None
-        if self.teacher is not None and self.methods:
+        s_kinds, t_kinds, use_teacher = self._phase[None if stage is None else id(stage)]
+        by, s_logits = {}, None
+        if stage is None or stage.student_forward:
+            by, s_logits = _features(self.student, x, s_kinds, "s")
+        t_logits = None
+        if self.teacher is not None and use_teacher:
             with torch.no_grad():
-                if self.need_feats:
-                    t_feats, t_logits = self.teacher.extract(x, preact=self.preact)
-                else:
-                    t_logits = self.teacher(x)
-        return Step(x, y, idx, s_logits, s_feats, t_logits, t_feats, epoch, self.student, self.teacher)
+                t_by, t_logits = _features(self.teacher, x, t_kinds, "t")
+            by.update(t_by)
+        s_feats = by.get(("s", s_kinds[0]), []) if s_kinds else []
+        t_feats = by.get(("t", t_kinds[0]), []) if t_kinds else []
+        return Step(x, y, idx, s_logits, s_feats, t_logits, t_feats, epoch, self.student, self.teacher, by)
 
     def _loss(self, stage: Stage | None, x, y, idx, epoch) -> torch.Tensor:
         """The cell's loss on one batch (forward included). No host synchronisation: capturable."""
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.recipe.amp):
-            step = self._forward(x, y, idx, epoch)
+            step = self._forward(x, y, idx, epoch, stage)
             if stage is not None:
-                return stage.loss(step)
+                return stage.loss(step.select(stage.kinds))
             loss = self.cell.ce_weight * F.cross_entropy(step.s_logits, y) if self.cell.ce_weight else 0
             for m, w in zip(self.methods, self.weights):
                 if w:            # a zero-weight method only trains in its stage (FSP, AB, FitNet hints)
-                    out = m(step)
+                    out = m(step.select(m.kinds()))
                     loss = loss + w * (sum(out.values()) if isinstance(out, dict) else out)
             return loss
 
@@ -298,9 +372,13 @@ class Run:
             return loss.detach()
         return step
 
-    def _epoch(self, step, gen, epoch: int) -> float:
-        self.student.train()
-        self.method_modules.train()
+    def _epoch(self, stage: Stage | None, step, gen, epoch: int) -> float:
+        train_all = stage is None or stage.train_modules is None
+        self.student.train(train_all)
+        self.method_modules.train(train_all)
+        if not train_all:
+            for m in stage.train_modules:         # e.g. the student's feature modules + connectors
+                m.train()
         epoch_t = torch.full((), float(epoch), device=self.device)   # a tensor: no recompile per epoch
         total = torch.zeros((), device=self.device)                    # summed on the device: no sync per step
         for idx, x, y in self.data.train_batches(self.recipe.batch_size, gen):
@@ -361,7 +439,7 @@ class Run:
                     gen = _reseed(self.seed, si, epoch, self.device)
                     set_lr(opt, lrs[epoch], self.execution.compiled, self.device)
                     t0 = time.perf_counter()
-                    loss = self._epoch(step, gen, epoch)
+                    loss = self._epoch(stage, step, gen, epoch)
                     if self.device.type == "cuda":
                         torch.cuda.synchronize()
                     elapsed += time.perf_counter() - t0
@@ -407,7 +485,7 @@ class Run:
         rec.update(curve=curve, stage_curve=stage_log,
                    config={"cell": c.to_dict(), "recipe": asdict(self.recipe), "dataset_info": self.ds.info,
                            "num_train": self.ds.num_train, "num_test": self.data.num_test},
-                   teacher_cell=self.teacher_id,
+                   teacher_cell=self.teacher_id, teacher_mode=self.teacher_mode,
                    teacher_checkpoint_sha256=self.teacher_sha, git=self.git, versions=_versions(),
                    device=_device_name(self.device), execution=self.execution.record(self.device), wall_s=round(elapsed, 3),
                    images_per_s=round(images / elapsed, 1) if elapsed else None,

@@ -14,7 +14,7 @@ from kd.errors import KDError
 from kd.execution import Execution, default_execution, lr_schedule
 from kd.registry import METHODS
 from kd.train import Run, build_model, freeze
-from test_methods_common import context, make_pair, step
+from test_methods_common import context, make_pair, step, tiny_teacher
 
 # Inductor fuses and reorders float32 reductions. BatchNorm's weight/bias gradients are sums that
 # cancel heavily, so they differ by 1e-5 to 3e-5 relative between Inductor and eager (measured on
@@ -29,9 +29,9 @@ def test_every_capturable_method_traces_without_host_sync(name):
     """fullgraph=True fails on .item(), a Python branch on a tensor value, a data-dependent shape or
     requires_grad_ inside the step: what a CUDA graph cannot capture. Stage losses too."""
     import torch._dynamo
-    s, t = make_pair()
+    s, t = make_pair(teacher=tiny_teacher(name))
     cls = METHODS[name]
-    m = cls(context(s, t, cls.needs_preact))
+    m = cls(context(s, t, cls.kinds()))
     s.train(), m.train()
     x, y, idx = torch.randn(8, 3, 16, 16), torch.randint(0, 10, (8,)), torch.arange(8)
     losses = [lambda st: (lambda o: sum(o.values()) if isinstance(o, dict) else o)(m(st))]
@@ -106,7 +106,7 @@ def test_compiled_step_equals_eager_step(data_root, terms, backend):
         losses = []
         for epoch in range(2):
             gen = torch.Generator().manual_seed(epoch)
-            losses.append(run._epoch(stepf, gen, epoch))
+            losses.append(run._epoch(None, stepf, gen, epoch))
         state = {**{f"s.{k}": v for k, v in run.student.state_dict().items()},
                  **{f"m.{k}": v for k, v in run.method_modules.state_dict().items()}}
         results[mode] = losses, copy.deepcopy(state)
@@ -138,7 +138,7 @@ def test_cuda_modes_equal_eager(data_root, mode):
         set_lr(opt, 0.05, run.execution.compiled, run.device)
         stepf = run.make_step(None, opt)
         for epoch in range(2):
-            run._epoch(stepf, torch.Generator(device="cuda").manual_seed(epoch), epoch)
+            run._epoch(None, stepf, torch.Generator(device="cuda").manual_seed(epoch), epoch)
         out[m] = {k: v.detach().cpu() for k, v in run.student.state_dict().items()}
     for k, v in out["eager"].items():
         torch.testing.assert_close(out[mode][k], v, rtol=1e-3, atol=1e-4, msg=k)   # TF32 convs both ways

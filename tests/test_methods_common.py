@@ -4,6 +4,8 @@ steps on random data with a finite loss, and every trainable part the method own
 from __future__ import annotations
 
 import copy
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,6 +15,9 @@ import kd.models  # noqa: F401
 from kd.methods.base import Context, Step
 from kd.registry import METHODS, MODELS
 
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))
+from regen_golden import tiny_teacher  # noqa: E402
+
 
 def make_pair(student="tiny_s", teacher="tiny_t", num_classes=10, hw=16):
     torch.manual_seed(0)
@@ -21,27 +26,28 @@ def make_pair(student="tiny_s", teacher="tiny_t", num_classes=10, hw=16):
     return s, t
 
 
-def context(s, t, preact=False, num_classes=10, hw=16, n=64):
+def context(s, t, kinds=(False, False), num_classes=10, hw=16, n=64):
     x = torch.randn(2, 3, hw, hw)
     with torch.no_grad():
         s.eval()
-        sf, _ = s.extract(x, preact=preact)
-        tf, _ = t.extract(x, preact=preact) if t is not None else ([], None)
+        sf, _ = s.extract(x, preact=kinds[0])
+        tf, _ = t.extract(x, preact=kinds[1]) if t is not None else ([], None)
     return Context(s, t, [f.shape for f in sf], [f.shape for f in tf], num_classes, n, 10, 4, (3, hw, hw))
 
 
 def step(s, t, method, x, y, idx, epoch=0):
-    sf, sl = s.extract(x, preact=method.needs_preact)
+    s_pre, t_pre = method.kinds()
+    sf, sl = s.extract(x, preact=s_pre)
     with torch.no_grad():
-        tf, tl = t.extract(x, preact=method.needs_preact)
+        tf, tl = t.extract(x, preact=t_pre)
     return Step(x, y, idx, sl, sf, tl, tf, epoch, s, t)
 
 
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_method_trains(name):
-    s, t = make_pair()
+    s, t = make_pair(teacher=tiny_teacher(name))
     cls = METHODS[name]
-    m = cls(context(s, t, cls.needs_preact))
+    m = cls(context(s, t, cls.kinds()))
     s.train(), m.train()
     params = [p for p in list(s.parameters()) + list(m.parameters()) if p.requires_grad]
     opt = torch.optim.SGD(params, lr=0.01, momentum=0.9)
@@ -69,9 +75,9 @@ def test_method_trains(name):
 
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_method_stages(name):
-    s, t = make_pair()
+    s, t = make_pair(teacher=tiny_teacher(name))
     cls = METHODS[name]
-    m = cls(context(s, t, cls.needs_preact))
+    m = cls(context(s, t, cls.kinds()))
     for stage in m.stages():
         assert stage.epochs >= 1 and stage.params, f"{name}: stage {stage.name} trains nothing"
         before = [p.detach().clone() for p in stage.params]

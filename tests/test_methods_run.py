@@ -9,6 +9,7 @@ from kd.cells import Cell
 from kd.registry import METHODS
 from kd.results import read_records
 from kd.train import run_cell
+from test_methods_common import tiny_teacher
 
 SHORT_STAGE = {"ab": {"init_epochs": 1}, "fsp": {"init_epochs": 1}, "ft": {"init_epochs": 1},
                "fitnet": {"hint_epochs": 1}}
@@ -22,7 +23,7 @@ def store(tmp_path_factory):
 @pytest.mark.parametrize("name", sorted(METHODS))
 def test_cell_per_method_runs_and_records(name, data_root, store, tmp_path):
     cls = METHODS[name]
-    teacher = "tiny_t" if cls.needs_teacher else None
+    teacher = tiny_teacher(name) if cls.needs_teacher else None
     term = {"name": name, "weight": 1.0, **SHORT_STAGE.get(name, {})}
     cell = Cell("cifar100", name, "tiny_s", teacher, "crd", terms=(term,))
     rec = run_cell(cell, 0, device="cpu", overrides={"epochs": 1, "batch_size": 48}, data_root=data_root,

@@ -17,34 +17,44 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 GOLDEN = REPO / "tests" / "golden" / "losses.json"
+# the tiny teacher of each method's checks: tiny_t, except where the method needs the student's
+# channels (KDSVD aligns singular vectors of equal length)
+TINY_TEACHER = {"kdsvd": "tiny_s"}
+
+
+def tiny_teacher(name: str) -> str:
+    return TINY_TEACHER.get(name, "tiny_t")
 
 
 def method_losses(name: str) -> dict[str, float]:
-    """Named loss terms of method `name` for tiny_s <- tiny_t (10 classes) on a fixed batch of 8
-    16x16 images, every random draw seeded. The teacher is frozen in eval mode; the student in
-    train mode, as in the training loop."""
+    """Named loss terms of method `name` for tiny_s <- tiny_teacher(name) (10 classes) on a fixed batch of 8
+    16x16 images, every random draw seeded, each network's features of the kind the method reads
+    (`Method.kinds()`). The teacher is frozen as the loop freezes it for this method
+    (`teacher_mode`); the student is in train mode, as in the training loop."""
     import kd.methods  # noqa: F401
     import kd.models  # noqa: F401
     from kd.methods.base import Context, Step
     from kd.registry import METHODS, MODELS
+    from kd.train import freeze
     torch.manual_seed(0)
-    s, t = MODELS["tiny_s"](num_classes=10), MODELS["tiny_t"](num_classes=10)
-    t.eval().requires_grad_(False)
+    s, t = MODELS["tiny_s"](num_classes=10), MODELS[tiny_teacher(name)](num_classes=10)
     cls = METHODS[name]
+    freeze(t, cls.teacher_mode)
     g = torch.Generator().manual_seed(1)
     x, y = torch.randn(8, 3, 16, 16, generator=g), torch.randint(0, 10, (8,), generator=g)
     idx = torch.arange(8)
+    s_pre, t_pre = cls.kinds()
     with torch.no_grad():
         s.eval()
-        sf, _ = s.extract(x[:2], preact=cls.needs_preact)
-        tf, _ = t.extract(x[:2], preact=cls.needs_preact)
+        sf, _ = s.extract(x[:2], preact=s_pre)
+        tf, _ = t.extract(x[:2], preact=t_pre)
     torch.manual_seed(2)
     m = cls(Context(s, t, [f.shape for f in sf], [f.shape for f in tf], 10, 64, 10, 8, (3, 16, 16)))
     s.train(), m.train()
     torch.manual_seed(3)
-    sf, sl = s.extract(x, preact=cls.needs_preact)
+    sf, sl = s.extract(x, preact=s_pre)
     with torch.no_grad():
-        tf, tl = t.extract(x, preact=cls.needs_preact)
+        tf, tl = t.extract(x, preact=t_pre)
     out = m(Step(x, y, idx, sl, sf, tl, tf, 1, s, t))
     terms = out if isinstance(out, dict) else {"loss": out}
     return {k: float(v.detach()) for k, v in sorted(terms.items())}

@@ -12,6 +12,7 @@ from kd.methods import fsp  # noqa: F401
 from kd.methods import ft  # noqa: F401
 from kd.methods import ipot  # noqa: F401
 from kd.methods import kd  # noqa: F401
+from kd.methods import kdsvd  # noqa: F401
 from kd.methods import nst  # noqa: F401
 from kd.methods import ofd  # noqa: F401
 from kd.methods import one  # noqa: F401

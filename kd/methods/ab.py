@@ -10,12 +10,16 @@ n layers feat[1:-1] (deeper layers weigh more). Follows HobbitLong/RepDistiller
 (init stage) and `train_student.py` ('abound', `--init_epochs 30`).
 
 Convention: teacher features detached; the stage 'ab_init' trains the student's feature modules
-(`get_feat_modules()`) and the connectors on L alone for init_epochs at the recipe LR. forward()
+(`get_feat_modules()`) and the connectors on L alone for init_epochs at the recipe LR. As
+RepDistiller's init(), the stage puts the student in eval mode and then only the connectors and the
+feature modules in train mode: a student layer outside get_feat_modules() keeps its running
+statistics -- for WRN the final bn1, so the third (most heavily weighted) pre-ReLU map is bn1 on
+its running statistics (at initialisation: mean 0, var 1, i.e. about the raw block output), and
+bn1's statistics do not move in the stage. forward()
 returns the same L for main training, but RepDistiller's main stage uses loss_kd = 0 for 'abound'
 (`helper/loops.py`): its script's `-b 1` is inert, so the RepDistiller-faithful cell gives ab
 weight 0 (CE only after the init stage); a nonzero weight keeps AB as a main-stage term (variant).
-Deviation: RepDistiller's init stage runs the student in eval mode (BN on running statistics);
-our loop runs stages with the student in train mode.
+Both networks' features are the pre-ReLU maps (`needs_preact`, RepDistiller's preact=True).
 """
 from __future__ import annotations
 
@@ -61,7 +65,7 @@ class AB(Method):
         self.connectors = nn.ModuleList(connector(ctx.s_shapes[i], ctx.t_shapes[i]) for i in self.layers)
         n = len(self.layers)
         self.w = [2.0 ** (i - n + 1) for i in range(n)]               # 1/2^(n-1), ..., 1/2, 1
-        self._feat_params = list(ctx.student.get_feat_modules().parameters())
+        self._feat_modules = tuple(ctx.student.get_feat_modules())   # a tuple: not our submodules
 
     def forward(self, step: Step) -> torch.Tensor:
         bsz = step.s_feats[0].shape[0]
@@ -73,5 +77,6 @@ class AB(Method):
     def stages(self) -> list[Stage]:
         if self.init_epochs <= 0:
             return []
-        return [Stage("ab_init", self.init_epochs, list(self.connectors.parameters()) + self._feat_params,
-                      self.forward, self.init_lr)]
+        feat_params = [p for m in self._feat_modules for p in m.parameters()]
+        return [Stage("ab_init", self.init_epochs, list(self.connectors.parameters()) + feat_params,
+                      self.forward, self.init_lr, train_modules=[self.connectors, *self._feat_modules])]

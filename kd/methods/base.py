@@ -17,12 +17,24 @@ graph (kd/execution.py); tests/test_execution.py traces every method with fullgr
 
 Stages (FitNet's hint stage, FSP/AB/FT initialisation) are declared by `stages()`: the loop runs
 each `Stage` for its epochs before the main training, optimising only `stage.params` on
-`stage.loss(step)` alone (no cross-entropy), with the recipe's optimizer at `stage.lr`.
+`stage.loss(step)` alone (no cross-entropy), with the recipe's optimizer at `stage.lr`. During a
+stage with `train_modules` the student and every method module are in eval mode except those (as
+RepDistiller's helper/pretrain.py: `model_s.eval(); init_modules.train()`); a stage whose loss reads
+teacher features only sets `student_forward=False` and the loop runs no student forward for it.
+
+Features are requested per method: `needs_preact` asks for both networks' pre-ReLU stage maps,
+`student_preact` overrides the student's kind (ReviewKD: plain student maps, pre-ReLU teacher maps).
+The loop hands each method (and each of its stages) a Step holding exactly the kinds it asked for;
+a cell whose methods all ask for one kind extracts only that kind.
+
+`teacher_mode` says how the teacher's normalisation layers run while this method distils: "eval"
+(running statistics, the default) or "train" (batch statistics, OFD as mdistiller/clovaai). The
+teacher stays frozen either way (kd.train.freeze).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Callable
+from dataclasses import dataclass, field, replace
+from typing import Callable, Literal
 
 import torch
 from torch import nn
@@ -47,7 +59,7 @@ class Step:
     images: torch.Tensor              # (B, C, H, W) augmented, normalised
     targets: torch.Tensor             # (B,) int64
     index: torch.Tensor               # (B,) int64 position of each sample in the training set
-    s_logits: torch.Tensor
+    s_logits: torch.Tensor | None     # None in a stage that runs no student forward
     s_feats: list[torch.Tensor]
     t_logits: torch.Tensor | None
     t_feats: list[torch.Tensor]
@@ -55,6 +67,15 @@ class Step:
                                       # tensor on the device (use torch ops on it: no host sync)
     student: nn.Module = field(repr=False, default=None)
     teacher: nn.Module | None = field(repr=False, default=None)
+    # every extracted kind, keyed by (network 's'|'t', preact); s_feats/t_feats are one of them
+    feats_by_kind: dict = field(repr=False, default_factory=dict)
+
+    def select(self, kinds: tuple[bool, bool]) -> "Step":
+        """This step with s_feats/t_feats of kinds (student preact, teacher preact); itself when they
+        already are. Pure Python on the lists the loop extracted: no device work."""
+        s = self.feats_by_kind.get(("s", kinds[0]), self.s_feats)
+        t = self.feats_by_kind.get(("t", kinds[1]), self.t_feats)
+        return self if s is self.s_feats and t is self.t_feats else replace(self, s_feats=s, t_feats=t)
 
 
 @dataclass
@@ -64,6 +85,11 @@ class Stage:
     params: list[nn.Parameter]
     loss: Callable[[Step], torch.Tensor]
     lr: float | None = None           # None: the recipe's learning rate
+    # the modules in train mode during the stage, all others (student, method modules) in eval;
+    # None: the student and every method module in train mode, as in the main stage (FitNet's hints)
+    train_modules: list[nn.Module] | None = None
+    student_forward: bool = True      # False: the loss reads teacher features only (FT's paraphraser)
+    kinds: tuple[bool, bool] | None = None  # feature kinds of its method; the loop fills it in
 
 
 class Method(nn.Module):
@@ -71,8 +97,15 @@ class Method(nn.Module):
 
     needs_features: bool = True       # False: the loop may skip feature extraction (logit methods)
     needs_preact: bool = False        # features before the last ReLU of each stage (AB, OFD)
+    student_preact: bool | None = None  # the student's kind when it differs from needs_preact
     needs_teacher: bool = True        # False for online methods (DML, ONE)
     capturable: bool = True           # False: forward needs a host decision per step; cells run eagerly
+    teacher_mode: Literal["eval", "train"] = "eval"  # how the teacher's BatchNorm runs (OFD: "train")
+
+    @classmethod
+    def kinds(cls) -> tuple[bool, bool]:
+        """(student preact, teacher preact): the kinds of s_feats / t_feats this method reads."""
+        return (cls.needs_preact if cls.student_preact is None else cls.student_preact), cls.needs_preact
 
     def __init__(self, ctx: Context):
         super().__init__()

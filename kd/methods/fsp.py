@@ -7,7 +7,9 @@ with equal lambdas, mean instead of sum). Follows HobbitLong/RepDistiller `disti
 (FSP), `train_student.py` and `helper/pretrain.py` ('fsp'): features `feat[:-1]`, pairs
 (feat[i], feat[i+1]), the map with the larger height adaptive-average-pooled to the smaller (the
 paper max-pools). Stage 'fsp_init' (`init_epochs` = 30): the student's `get_feat_modules()` train on
-the unweighted FSP sum alone, at the recipe's lr (RepDistiller init()).
+the unweighted FSP sum alone, at the recipe's lr (RepDistiller init()); as init(), the student is in
+eval mode except those feature modules (and our connectors), so a layer outside them (WRN's final
+bn1, unused by FSP's feat[:-1]) keeps its running statistics through the stage.
 
 Convention: RepDistiller's main stage uses CE only (its loop sets loss_kd = 0 for 'fsp', so its
 `-b 50` has no effect): a RepDistiller FSP cell is ce_weight 1 with the fsp term at weight 0 -- the
@@ -61,7 +63,7 @@ class FSP(Method):
         self.connectors = nn.ModuleList(
             nn.Sequential(nn.Conv2d(s, t, 1, bias=False), nn.BatchNorm2d(t)) if s != t else nn.Identity()
             for s, t in zip(s_c, t_c)) if differ else None
-        self._feat_params = list(ctx.student.get_feat_modules().parameters())
+        self._feat_modules = tuple(ctx.student.get_feat_modules())   # a tuple: not our submodules
 
     def _student_maps(self, feats: list[torch.Tensor]) -> list[torch.Tensor]:
         g = [feats[i] for i in self.layers]
@@ -74,4 +76,7 @@ class FSP(Method):
         if self.init_epochs <= 0:
             return []
         own = [] if self.connectors is None else list(self.connectors.parameters())
-        return [Stage("fsp_init", self.init_epochs, self._feat_params + own, self.forward, self.init_lr)]
+        feat_params = [p for m in self._feat_modules for p in m.parameters()]
+        modules = list(self._feat_modules) + ([] if self.connectors is None else [self.connectors])
+        return [Stage("fsp_init", self.init_epochs, feat_params + own, self.forward, self.init_lr,
+                      train_modules=modules)]

@@ -15,8 +15,9 @@ p = 1, mean over batch and positions; cell weight 200 (`-a 0 -b 200`). The parap
 in main training: its factor is computed under no_grad, so its parameters never get a gradient and
 SGD leaves them untouched (no weight decay, no momentum), as RepDistiller keeps it out of the optimizer.
 The stage LR `init_lr` is 0.01 as RepDistiller's init for ResNet/WRN students (it uses the
-recipe LR for others: pass init_lr=None). RepDistiller runs the stage with the student in eval
-mode; the student is unused by this stage, so that does not matter here.
+recipe LR for others: pass init_lr=None). As RepDistiller's init(), only the paraphraser is in
+train mode during its stage (the student's BatchNorm statistics do not move), and the stage runs no
+student forward at all (`student_forward=False`): its loss reads the teacher's map only.
 """
 from __future__ import annotations
 
@@ -71,7 +72,8 @@ class FT(Method):
     def stages(self) -> list[Stage]:
         if self.init_epochs <= 0:
             return []
-        return [Stage("paraphraser", self.init_epochs, self.paraphraser_params(), self._init_loss, self.init_lr)]
+        return [Stage("paraphraser", self.init_epochs, self.paraphraser_params(), self._init_loss, self.init_lr,
+                      train_modules=[self.encoder, self.decoder], student_forward=False)]
 
     def forward(self, step: Step) -> torch.Tensor:
         with torch.no_grad():                                         # paraphraser frozen after its stage

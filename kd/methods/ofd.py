@@ -15,6 +15,11 @@ Convention: as mdistiller: the margins are computed once from the (loaded) teach
 and kept as buffers; the teacher map is detached; the term is unweighted here: the cell carries
 mdistiller's FEAT_WEIGHT 1e-3 (the official clovaai code's sum / B / 1000), CE weight 1.0. The
 features are those of `extract(preact=True)` for both nets (mdistiller's preact_feats[1:]).
+The teacher runs with its BatchNorm in train mode (`teacher_mode = "train"`: batch statistics) while
+distilling, as mdistiller's OFD (its train() override leaves the teacher in train mode, unlike its
+base Distiller) and the official clovaai code (`t_net.train()`); its forward is still under no_grad
+and its running statistics are not updated (kd.train.freeze). The margins come from the BN affine
+parameters only, so the mode does not change them.
 """
 from __future__ import annotations
 
@@ -53,6 +58,7 @@ def conv_bn(c_in: int, c_out: int, k: int = 1) -> nn.Sequential:
 @METHODS.register("ofd")
 class OFD(Method):
     needs_preact = True
+    teacher_mode = "train"
 
     def __init__(self, ctx: Context, kernel_size: int = 1):
         super().__init__(ctx)

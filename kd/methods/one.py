@@ -9,8 +9,8 @@ Lan1991Xu/ONE_NeurIPS2018 (models/cifar/resnet.py ONE_ResNet, cifar_one.py, loss
 Convention: branch 0 is the student's own last stage and classifier (its CE is the loop's
 ce_weight * CE, so use ce_weight 1 and weight 1); the method owns branches 1..m-1 (copies of the
 student's last stage + classifier, independently redrawn as dml.fresh_copy) and the gate, reading the
-shared features from step.s_feats[-3] (the last stage's input; cells with a preact method would
-break this). Gate as in the reference code: global average pool -> Linear -> BatchNorm1d -> ReLU ->
+shared features from step.s_feats[-3] (the last stage's input: ONE reads plain features, which the
+loop hands it even in a cell with a preact method). Gate as in the reference code: global average pool -> Linear -> BatchNorm1d -> ReLU ->
 softmax (`gate_bn=False`: Linear -> softmax, the paper's eq. 1). KL: batchmean x T^2 (T = 3), the
 ensemble detached; like the reference code the KL sum is multiplied by the sigmoid ramp-up
 exp(-5 (1 - min(epoch/rampup_epochs, 1))^2) (rampup_epochs 80; 0 gives the paper's constant 1).

@@ -15,13 +15,14 @@ min(512, C of the student's pooled feature); kaiming_uniform(a=1) on the ABF con
 uses weight 5.0), with the channels and sizes read from the probe shapes instead of the config.
 
 Convention: the teacher uses pre-ReLU stage maps (mdistiller's preact_feats[1:]) and its pooled
-feature, detached. The student uses post-ReLU maps (STU_PREACT False): since this method asks for
-preact features (needs_preact) to avoid a second teacher pass, the student's map is ReLU(preact),
-exactly its plain feature for ResNet/ResNetV2/VGG/ShuffleNet/tiny nets; for WRN and MobileNetV2
-(whose plain stage outputs are not ReLU(preact)) this is a deviation (`stu_preact=True` uses the
-preact maps as they are). If the levels differ in number the last ones are paired. The loss is
-multiplied by min((step.epoch + 1) / warmup_epochs, 1) (mdistiller's 1-based epoch); the cell
-carries REVIEWKD_WEIGHT; CE weight 1.0.
+feature, detached; the student hands the fusion modules its plain stage outputs and pooled feature
+(`student_preact = False`: mdistiller's STU_PREACT False, the official dvlab-research/ReviewKD
+code's student features). The plain output equals ReLU(pre-ReLU map) for ResNet, ResNetV2, VGG,
+ShuffleV1 and the tiny nets, but not for WRN (the block output f, not ReLU(BN(f))), MobileNetV2
+(its blocks end in a BN without ReLU) or ShuffleV2 (the channel shuffle follows the ReLU), so the
+loop extracts each network's own kind. If the levels differ in number the last ones are paired. The
+loss is multiplied by min((step.epoch + 1) / warmup_epochs, 1) (mdistiller's 1-based epoch); the
+cell carries REVIEWKD_WEIGHT; CE weight 1.0. The teacher runs in eval mode (mdistiller's Distiller).
 """
 from __future__ import annotations
 
@@ -70,10 +71,10 @@ def hcl_loss(fs_list, ft_list) -> torch.Tensor:
 
 @METHODS.register("reviewkd")
 class ReviewKD(Method):
-    needs_preact = True
+    needs_preact = True               # the teacher's maps
+    student_preact = False            # the student's: plain stage outputs
 
-    def __init__(self, ctx: Context, warmup_epochs: float = 20.0, max_mid_channel: int = 512,
-                 stu_preact: bool = False):
+    def __init__(self, ctx: Context, warmup_epochs: float = 20.0, max_mid_channel: int = 512):
         super().__init__(ctx)
         ns, nt = len(ctx.s_shapes) - 1, len(ctx.t_shapes) - 1       # levels: feat[1:-1] + pooled
         n = min(ns, nt)
@@ -83,16 +84,14 @@ class ReviewKD(Method):
         c_mid = min(max_mid_channel, ctx.s_shapes[-1][1])
         self.abfs = nn.ModuleList(ABF(ctx.s_shapes[i][1], c_mid, ctx.t_shapes[j][1], l < n - 1)
                                   for l, (i, j) in enumerate(zip(self.s_idx, self.t_idx)))
-        self.warmup_epochs, self.stu_preact = warmup_epochs, stu_preact
+        self.warmup_epochs = warmup_epochs
 
     @staticmethod
     def _as_map(f: torch.Tensor) -> torch.Tensor:
         return f if f.dim() == 4 else f[:, :, None, None]            # pooled (B, C) -> (B, C, 1, 1)
 
     def forward(self, step: Step) -> torch.Tensor:
-        xs = [self._as_map(step.s_feats[i]) for i in self.s_idx]
-        if not self.stu_preact:
-            xs = [F.relu(x) for x in xs[:-1]] + xs[-1:]
+        xs = [self._as_map(step.s_feats[i]) for i in self.s_idx]       # plain student maps, as they are
         ts = [self._as_map(step.t_feats[j]).detach() for j in self.t_idx]
         outs, res = [], None
         for l in reversed(range(len(xs))):                            # deepest level first
