@@ -52,8 +52,8 @@ def _compare_and_report(results) -> None:
     from kd.reftables import load_all
     from kd.report import write_reports
     from kd.results import read_records
-    from kd.table import REPO
-    tables = [t for t in load_all(REPO / "reference_tables") if t.id == "recorded_digits"]
+    from kd.paths import REFERENCE_TABLES
+    tables = [t for t in load_all(REFERENCE_TABLES) if t.id == "recorded_digits"]
     if not tables:
         print("no recorded reference for digits yet (tools/record_reference.py writes it)")
         return
