@@ -54,7 +54,7 @@ def cmd_run(a):
 def cmd_list(a):
     from tabulate import tabulate
     from kd.cells import load_cells
-    from kd.lookup import list_rows
+    from kd.lookup import QUICK, list_rows
     from kd.results import read_records, read_root
     cells = load_cells()
     if a.table:
@@ -63,10 +63,10 @@ def cmd_list(a):
         cells = {k: v for k, v in cells.items() if k in wanted}
     rows = list_rows(cells, read_records(Path(a.results) if a.results else None), a.dataset, a.method, a.status)
     print(tabulate(rows, headers=["cell", "runs", "seeds"], tablefmt="simple"))
-    n = sum(not r[0].startswith(" ") for r in rows)
+    n = sum(not r[0].startswith(QUICK) for r in rows)
     print(f"{n} cells; runs counted from the result lines under {read_root(a.results)}/"
           + ("" if a.results or os.environ.get("KD_RESULTS") else " (committed, and yours in results/local/)")
-          + "; indented rows: runs with overrides (not the published protocol)")
+          + f"; {QUICK.strip()} rows: runs with overrides (quick checks, not the published protocol)")
 
 
 def cmd_find(a):
@@ -132,8 +132,9 @@ def cmd_compare(a):
                 print(f"FAIL {r.table_id} | {r.row} | {r.column}: ours {r.ours:.2f} vs {r.published} "
                       f"(delta {r.delta:+.2f}, tolerance {r.tolerance})", file=sys.stderr)
             if gain_fails(r):
+                g_ours, g_pub = (round(g, 2) + 0.0 for g in (r.gain_ours, r.gain_published))     # no "-0.00"
                 print(f"FAIL {r.table_id} | {r.row} | {r.column}: gain over the baseline row ours "
-                      f"{r.gain_ours:+.2f} vs {r.gain_published:+.2f} (tolerance {r.gain_tolerance})", file=sys.stderr)
+                      f"{g_ours:+.2f} vs {g_pub:+.2f} (tolerance {r.gain_tolerance})", file=sys.stderr)
         if bad:
             raise SystemExit(1)
         gains = sum(r.gain_verdict is not None for r in rows)

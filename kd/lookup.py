@@ -11,6 +11,9 @@ from kd.errors import KDError
 from kd.ids import cell_id, parse_cell_id
 
 
+QUICK = "↳ "     # marks a row of runs with overrides under its cell in `kd list`
+
+
 def _families(dataset: str) -> set[str]:
     return {dataset, dataset.split("-")[0]}
 
@@ -58,7 +61,7 @@ def list_rows(cells: dict, records: list[dict], dataset=None, method=None, statu
         rows.append([cid, len(full), ",".join(map(str, full)) or "-"])
         for recipe in sorted(set(mine) - {c.recipe}):
             s = sorted(mine[recipe])
-            rows.append([f"  {cell_id(c.dataset, c.label, c.student, c.teacher, recipe)}", len(s),
+            rows.append([f"{QUICK}{cell_id(c.dataset, c.label, c.student, c.teacher, recipe)}", len(s),
                          ",".join(map(str, s))])
     return rows
 
