@@ -154,7 +154,7 @@ def test_check_fails_when_the_kd_gain_vanishes_inside_every_band(tmp_path, capsy
     code, out, err = _check(capsys, tmp_path, "recorded_digits")
     assert code == 1, out + err
     assert "reproduced" in out                                       # the value alone is inside its band
-    assert "FAIL recorded_digits | KD" in err and "gain over the baseline row ours +0.00 vs +2.00" in err
+    assert "FAIL recorded_digits | KD" in err and "gain over the baseline row ours -0.61 vs +1.39" in err
 
 
 def test_recorded_tables_are_built_from_the_committed_lines_and_pass(capsys):

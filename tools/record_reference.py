@@ -21,7 +21,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from kd.compare import aggregate  # noqa: E402
+from kd.compare import _latest_ok, aggregate  # noqa: E402
 
 BENCHES = {
     "digits": dict(
@@ -64,7 +64,7 @@ def table_text(name: str, records: list[dict]) -> str:
         st = agg[cid].stats["top1_last"]
         values.append(f"{st.mean:.2f}±{st.std:.2f}" if agg[cid].n > 1 else f"{st.mean:.2f}")
         seeds.add(agg[cid].n)
-        commits |= {r["git"]["commit"] for r in records if r.get("cell_id") == cid and r.get("status") == "ok"}
+        commits |= {r["git"]["commit"] for r in _latest_ok(records) if r.get("cell_id") == cid}   # the lines used
     lines = [
         f"# Written by tools/record_reference.py from result lines in results/{b['results']}; do not edit by hand.",
         f"id: recorded_{name}",
