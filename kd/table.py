@@ -50,7 +50,8 @@ def run_table(name: str, seeds: list[int], overrides: dict, progress=True, **kw)
               + ", ".join(sorted({e.cell_id for e in unregistered}))[:500])
     results_dir = kw.get("results_dir")
     out = []
-    bar = tqdm(total=len(cells) * len(seeds), desc=f"table {name}", unit="run", disable=not progress)
+    from kd.log import bar_wanted      # a bar only on a terminal (the runs print their own lines otherwise)
+    bar = tqdm(total=len(cells) * len(seeds), desc=f"table {name}", unit="run", disable=not bar_wanted(progress))
     for cell in cells:
         recipe_id = load_recipe(cell.recipe).with_overrides(**overrides).id
         cid = cell_id(cell.dataset, cell.label, cell.student, cell.teacher, recipe_id)
