@@ -20,6 +20,7 @@ names and duplicate ids are errors.
 """
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -28,13 +29,26 @@ import yaml
 
 from kd.errors import KDError
 from kd.ids import cell_id
+from kd.paths import BENCHMARKS
 
-BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+
+# The C implementation of the safe loader when PyYAML has it (same semantics as yaml.safe_load, faster).
+_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def read_yaml(path: Path) -> dict:
+    """A YAML mapping read with the safe loader; memoised per (file, modification time, size)."""
     try:
-        data = yaml.safe_load(Path(path).read_text())
+        st = Path(path).stat()
+    except OSError as e:
+        raise KDError(f"cannot read {path}: {e.strerror}") from None
+    return dict(_read_yaml(str(path), st.st_mtime_ns, st.st_size))
+
+
+@functools.lru_cache(maxsize=4096)
+def _read_yaml(path: str, mtime_ns: int, size: int) -> dict:
+    try:
+        data = yaml.load(Path(path).read_text(), Loader=_SAFE_LOADER)
     except yaml.MarkedYAMLError as e:
         mark = e.problem_mark
         raise KDError(f"{path}:{mark.line + 1}: malformed YAML: {e.problem}") from None
@@ -193,17 +207,15 @@ def _cells_from_file(path: Path, root: Path) -> list[Cell]:
 
 
 def validate(cell: Cell, root: Path = BENCHMARKS) -> None:
-    """Every name of the cell resolves: dataset, models, methods, recipe."""
-    import kd.methods  # noqa: F401  (fills the registries)
-    import kd.models  # noqa: F401
-    from kd.data import split_name
-    from kd.registry import DATASETS, METHODS, MODELS
-    DATASETS.get(split_name(cell.dataset)[0])
-    MODELS.get(cell.student)
+    """Every name of the cell resolves: dataset, models, methods, recipe. Checked against the name
+    sets of kd.names (equal to the registries, see its docstring), so no torch import is needed."""
+    from kd import names
+    names.check("dataset", cell.dataset.split("-")[0])
+    names.check("model", cell.student)
     if cell.teacher:
-        MODELS.get(cell.teacher)
+        names.check("model", cell.teacher)
     for t in cell.terms:
-        METHODS.get(t["name"])
+        names.check("method", t["name"])
     load_recipe(cell.recipe, root)
 
 

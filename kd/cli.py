@@ -15,17 +15,36 @@ from kd.errors import KDError
 def _common(p: argparse.ArgumentParser):
     p.add_argument("--data-root", help="dataset root (default: $KD_DATA_ROOT or ./data)")
     p.add_argument("--store", help="checkpoint store (default: $KD_STORE or ./checkpoints)")
-    p.add_argument("--results", help="results directory (default: $KD_RESULTS or ./results)")
+    p.add_argument("--results", help="results directory (default: $KD_RESULTS or ./results/local, git-ignored)")
     p.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
-    p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p.add_argument("--no-progress", action="store_true",
+                   help="no progress bar: one plain line per epoch (also off a terminal or with TQDM_DISABLE=1)")
+    p.add_argument("--tensorboard", metavar="DIR", help="also write TensorBoard event files under DIR "
+                   "(needs the tensorboard package: pip install 'kd-bench[tensorboard]')")
+
+
+def _logging(a):
+    from kd.log import configure
+    if getattr(a, "tensorboard", None):
+        configure(tensorboard=a.tensorboard)
 
 
 def cmd_run(a):
-    from kd.cells import find_cell
-    from kd.train import run_cell
+    from kd.cells import find_cell, load_recipe
+    from kd.ids import cell_id
+    from kd.results import recorded_seeds, results_root
     cell = find_cell(a.cell)
     ov = {"epochs": a.epochs, "batch_size": a.batch_size, "lr": a.lr, "subset": a.subset}
-    for seed in a.seed:
+    cid = cell_id(cell.dataset, cell.label, cell.student, cell.teacher, load_recipe(cell.recipe).with_overrides(**ov).id)
+    done = set() if a.force else recorded_seeds(cid, a.results)
+    for seed in [s for s in a.seed if s in done]:
+        print(f"{cid} seed {seed}: already recorded under {results_root(a.results)}; skipped (--force runs it again)")
+    todo = [s for s in a.seed if s not in done]
+    if not todo:
+        return
+    _logging(a)
+    from kd.train import run_cell
+    for seed in todo:
         rec = run_cell(cell, seed, device=a.device, overrides=ov, data_root=a.data_root, store=a.store,
                        results_dir=a.results, progress=not a.no_progress)
         print(f"{rec['cell_id']} seed {seed}: top-1 last {rec['top1_last']:.2f} best {rec['top1_best']:.2f} "
@@ -35,61 +54,56 @@ def cmd_run(a):
 def cmd_list(a):
     from tabulate import tabulate
     from kd.cells import load_cells
-    from kd.results import read_records
+    from kd.lookup import QUICK, list_rows
+    from kd.results import read_records, read_root
     cells = load_cells()
     if a.table:
         from kd.table import table_by_name
         wanted = {e.cell_id for e in table_by_name(a.table).entries}
         cells = {k: v for k, v in cells.items() if k in wanted}
-    done: dict[str, list[int]] = {}
-    for r in read_records(Path(a.results) if a.results else None):
-        if r.get("status") == "ok":
-            done.setdefault(r["cell_id"], []).append(r["seed"])
-    rows = []
-    for cid, c in sorted(cells.items()):
-        if a.dataset and c.dataset.split("-")[0] != a.dataset and c.dataset != a.dataset:
-            continue
-        if a.method and a.method not in c.label.split("+"):
-            continue
-        seeds = sorted(done.get(cid, []))
-        if a.status == "done" and not seeds or a.status == "missing" and seeds:
-            continue
-        rows.append([cid, len(seeds), ",".join(map(str, seeds)) or "-"])
+    rows = list_rows(cells, read_records(Path(a.results) if a.results else None), a.dataset, a.method, a.status)
     print(tabulate(rows, headers=["cell", "runs", "seeds"], tablefmt="simple"))
-    print(f"{len(rows)} cells")
+    n = sum(not r[0].startswith(QUICK) for r in rows)
+    print(f"{n} cells; runs counted from the result lines under {read_root(a.results)}/"
+          + ("" if a.results or os.environ.get("KD_RESULTS") else " (committed, and yours in results/local/)")
+          + f"; {QUICK.strip()} rows: runs with overrides (quick checks, not the published protocol)")
+
+
+def cmd_find(a):
+    from tabulate import tabulate
+    from kd.cells import load_cells
+    from kd.lookup import command_for, find_entries
+    from kd.paths import REFERENCE_TABLES
+    from kd.reftables import load_all
+    if not any((a.value, a.table, a.method, a.pair, a.dataset)):
+        raise KDError("give a number (kd find 75.46) or --table, --method, --pair or --dataset")
+    entries = find_entries(load_all(REFERENCE_TABLES), a.value, a.table, a.method, a.pair, a.dataset)
+    if not entries:
+        raise KDError("no reference entry matches; `kd find --table T` lists a table's entries")
+    cells = load_cells(check=False)
+    print(tabulate([[f"{e.value:g}" + (f" ± {e.std:g}" if e.std else ""), e.table_id, e.row, e.column, e.cell_id,
+                     command_for(e, cells)] for e in entries],
+                   headers=["published", "table", "row", "column", "cell", "command"], disable_numparse=True))
+    print(f"{len(entries)} entries")
 
 
 def cmd_import_teacher(a):
-    import shutil
-    from kd.cells import find_cell, load_recipe
-    from kd.train import build_model, checkpoint_path, load_checkpoint, sha256_file, store_root
-    cell = find_cell(a.cell)
-    if cell.label != "baseline" or cell.teacher:
-        raise KDError(f"{a.cell} is not a teacher cell (expected dataset/baseline/<model>/<recipe>)")
-    src = Path(a.file)
-    if not src.is_file():
-        raise KDError(f"no such file: {src}")
-    digest = sha256_file(src)
-    if digest != a.sha256.lower():
-        raise KDError(f"{src}: sha256 is {digest}, not the {a.sha256} you gave; nothing imported")
-    from kd.data import num_classes
-    load_checkpoint(build_model(cell.student, num_classes(cell.dataset, a.data_root)), src,
-                    expected_sha256=digest)                                        # strict load check
-    dst = checkpoint_path(cell.id, load_recipe(cell.recipe).teacher_seed, store_root(a.store))
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(src, dst)
-    dst.with_suffix(".sha256").write_text(f"{digest}  imported from {src.resolve()}\n")
-    print(f"imported {src} as teacher {cell.id} ({digest[:12]}…) -> {dst}")
+    from kd.cells import find_cell
+    from kd.imported import import_teacher
+    rec = import_teacher(find_cell(a.cell), Path(a.file), a.sha256, data_root=a.data_root, store=a.store,
+                         results_dir=a.results, device=a.device, force=a.force)
+    print(f"imported {a.file} as teacher {rec['cell_id']} ({rec['checkpoint_sha256'][:12]}…) -> {rec['checkpoint']}; "
+          f"test top-1 {rec['top1_last']:.2f}, top-5 {rec['top5_last']:.2f} (result line marked imported)")
 
 
 def _compare(results=None, only: list[str] | None = None):
     from kd.compare import compare, extras
     from kd.reftables import load_all
     from kd.results import read_records
-    from kd.table import REPO
-    tables = [t for t in load_all(REPO / "reference_tables") if not only or t.id in only]
+    from kd.paths import REFERENCE_TABLES
+    tables = [t for t in load_all(REFERENCE_TABLES) if not only or t.id in only]
     if only and len(tables) != len(set(only)):
-        known = {t.id for t in load_all(REPO / "reference_tables")}
+        known = {t.id for t in load_all(REFERENCE_TABLES)}
         raise KDError(f"unknown table(s) {', '.join(sorted(set(only) - known))}; valid: {', '.join(sorted(known))}")
     records = read_records(Path(results) if results else None)
     rows = compare(tables, records)
@@ -112,19 +126,27 @@ def cmd_compare(a):
         print(f"{len({r.cell_id for r in extra})} result cells are named by no reference table")
     if a.check:
         bad = check(rows)
+        from kd.compare import FAILING, gain_fails
         for r in bad:
-            print(f"FAIL {r.table_id} | {r.row} | {r.column}: ours {r.ours:.2f} vs {r.published} "
-                  f"(delta {r.delta:+.2f}, tolerance {r.tolerance})", file=sys.stderr)
+            if r.verdict in FAILING:
+                print(f"FAIL {r.table_id} | {r.row} | {r.column}: ours {r.ours:.2f} vs {r.published} "
+                      f"(delta {r.delta:+.2f}, tolerance {r.tolerance})", file=sys.stderr)
+            if gain_fails(r):
+                g_ours, g_pub = (round(g, 2) + 0.0 for g in (r.gain_ours, r.gain_published))     # no "-0.00"
+                print(f"FAIL {r.table_id} | {r.row} | {r.column}: gain over the baseline row ours "
+                      f"{g_ours:+.2f} vs {g_pub:+.2f} (tolerance {r.gain_tolerance})", file=sys.stderr)
         if bad:
             raise SystemExit(1)
-        print(f"check passed: {len(judged)} judged entries within tolerance")
+        gains = sum(r.gain_verdict is not None for r in rows)
+        print(f"check passed: {len(judged)} judged entries and {gains} gains over the baseline row within tolerance")
 
 
 def cmd_report(a):
     from kd.report import write_reports
     tables, records, rows, extra = _compare(a.results, a.table)
-    out = Path(a.out or Path(a.results or os.environ.get("KD_RESULTS", "results")) / "reports")
-    paths = write_reports(tables, rows + extra, out, n_results=len(records))
+    from kd.results import results_root
+    out = Path(a.out or results_root(a.results) / "reports")
+    paths = write_reports(tables, rows + extra, out, n_results=len(records), records=records)
     print(f"wrote {len(paths)} files under {out} (open {out / 'index.html'})")
 
 
@@ -132,6 +154,7 @@ def cmd_table(a):
     from kd.table import run_table
     ov = {"epochs": a.epochs, "batch_size": a.batch_size, "lr": a.lr, "subset": a.subset}
     ov = {k: v for k, v in ov.items() if v is not None}
+    _logging(a)
     run_table(a.name, a.seed, ov, progress=not a.no_progress, device=a.device, data_root=a.data_root,
               store=a.store, results_dir=a.results)
     a.table, a.out = [a.name], None
@@ -140,11 +163,14 @@ def cmd_table(a):
 
 def cmd_demo(a):
     from kd.demo import demo
+    _logging(a)
     demo(seeds=a.seeds, results=a.results, store=a.store, progress=not a.no_progress)
 
 
 def main(argv: list[str] | None = None) -> int:
+    import kd
     p = argparse.ArgumentParser(prog="kd", description="Knowledge-distillation benchmark suite")
+    p.add_argument("--version", action="version", version=f"kd {kd.__version__}")
     sub = p.add_subparsers(dest="cmd", required=True)
 
     r = sub.add_parser("run", help="train one cell (its teacher first when none is stored)")
@@ -154,20 +180,32 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--batch-size", type=int, help="override: batch size")
     r.add_argument("--lr", type=float, help="override: learning rate")
     r.add_argument("--subset", type=int, help="override: train on a seeded subset of N images")
+    r.add_argument("--force", action="store_true", help="run seeds that already have a result line again")
     _common(r)
     r.set_defaults(fn=cmd_run)
 
     l = sub.add_parser("list", help="list cells and their finished runs")
     l.add_argument("--table", help="only the cells of this reference table")
-    l.add_argument("--dataset"), l.add_argument("--method")
-    l.add_argument("--status", choices=["done", "missing"])
+    l.add_argument("--dataset", help="a dataset or dataset family, e.g. cifar100, cifar10-noisy0.2")
+    l.add_argument("--method", help="a method label or part of one: kd matches kd and crd+kd; crd+kd matches crd+kd")
+    l.add_argument("--status", choices=["done", "missing"], help="full-protocol runs present / absent")
     l.add_argument("--results")
     l.set_defaults(fn=cmd_list)
+
+    f = sub.add_parser("find", help="from a published number (or table, method, pair) to reference entries, "
+                                    "their cell ids and the command to run")
+    f.add_argument("value", nargs="?", help="a published number as printed, e.g. 75.46")
+    f.add_argument("--table", help="a reference table id")
+    f.add_argument("--method", help="a method label as in cell ids (crd+kd) or a printed row label (CRD+KD)")
+    f.add_argument("--pair", help="teacher:student (resnet32x4:resnet8x4), student_from_teacher, or a student")
+    f.add_argument("--dataset", help="a dataset or dataset family")
+    f.set_defaults(fn=cmd_find)
 
     t = sub.add_parser("import-teacher", help="use a teacher checkpoint you have, checked against its sha256")
     t.add_argument("cell", help="the teacher's cell id, e.g. cifar100/baseline/resnet32x4/crd")
     t.add_argument("file")
     t.add_argument("--sha256", required=True)
+    t.add_argument("--force", action="store_true", help="replace a teacher already stored for this cell")
     _common(t)
     t.set_defaults(fn=cmd_import_teacher)
 
@@ -182,9 +220,9 @@ def main(argv: list[str] | None = None) -> int:
     c.add_argument("--results")
     c.set_defaults(fn=cmd_compare)
 
-    rp = sub.add_parser("report", help="write Markdown and HTML reports under results/reports/")
+    rp = sub.add_parser("report", help="write Markdown and HTML reports (default under results/local/reports/)")
     rp.add_argument("--table", nargs="+", help="only these tables")
-    rp.add_argument("--out", help="output folder (default: <results>/reports)")
+    rp.add_argument("--out", help="output folder (default: <results>/reports, e.g. results/local/reports)")
     rp.add_argument("--results")
     rp.set_defaults(fn=cmd_report)
 

@@ -19,7 +19,14 @@ Conventions
                 entry names.
     gain        with a baseline_row: gain = value - value(baseline row, same column and metric),
                 negated for error tables, so gain > 0 means better than the baseline, for both the
-                published and our numbers; gain_agrees compares their signs.
+                published and our numbers; gain_agrees compares their signs. gain_verdict judges our gain
+                against the published (or recorded) one like a value: "reproduced" if
+                |gain_ours - gain_published| <= gain tolerance (the table's `gain_tolerance`, else the
+                entry's tolerance; no std band), else "below"/"above". `kd compare --check` fails on it too,
+                so a change that keeps every number inside its band but erases a method's gain is caught.
+    quick       runs of the entry's cell with overrides (recipe '<recipe>~key=value') never judge it, but
+                are attached to its row (Row.quick: (recipe id, mean, std, n) of the same statistic), so a
+                report shows a quick check's numbers, marked as not the published protocol.
     ranking     per (table, column, metric): Spearman rho (average ranks for ties) between published and
                 ours over rows with results (None with fewer than 3 or constant values), and whether
                 the best row is the same.
@@ -81,6 +88,9 @@ class Row:
     gain_published: float | None = None
     gain_ours: float | None = None
     gain_agrees: bool | None = None
+    gain_tolerance: float | None = None
+    gain_verdict: str | None = None
+    quick: tuple = ()
 
 
 @dataclass(frozen=True)
@@ -165,13 +175,21 @@ def _entry_row(table, e, records) -> Row:
     tol = float(getattr(e, "tolerance", 0.0) or 0.0)
     pstd = getattr(e, "std", None)
     delta = None if ours is None else ours - float(e.value)
+    quick = {}
+    for r in _latest_ok([r for r in records if cid and str(r.get("cell_id", "")).startswith(cid + "~")
+                         and (seed is None or r.get("seed") == seed) and r.get(key) is not None]):
+        quick.setdefault(parse_cell_id(r["cell_id"])["recipe"], []).append(r[key])
+    quick_rows = []
+    for recipe, vals in sorted(quick.items()):
+        q = _stat(vals)
+        quick_rows.append((recipe, q.mean if hib else 100.0 - q.mean, q.std, q.n))
     return Row(table_id=table.id, row=e.row, column=e.column, cell_id=cid, metric=e.metric,
                statistic=used, statistic_assumed=(stat not in ("last", "best") and used != "ensemble"),
                higher_is_better=hib, published=float(e.value), published_std=pstd, tolerance=tol,
                ours=ours, ours_std=s.std, n=s.n, seeds=tuple(sorted(r.get("seed") for r in ok)),
                n_failed=n_failed, delta=delta, verdict=verdict(delta, tol, pstd, hib), seed=seed,
                aggregate=agg_kind, note=getattr(e, "note", "") or "",
-               erratum=getattr(e, "erratum", None))
+               erratum=getattr(e, "erratum", None), quick=tuple(quick_rows))
 
 
 def _sign(x: float) -> int:
@@ -195,6 +213,9 @@ def _add_gains(table, rows: list[Row]) -> None:
         if r.ours is not None and b.ours is not None:
             r.gain_ours = sign * (r.ours - b.ours)
             r.gain_agrees = _sign(r.gain_published) == _sign(r.gain_ours)
+            gt = getattr(table, "gain_tolerance", None)
+            r.gain_tolerance = float(gt) if gt is not None else r.tolerance
+            r.gain_verdict = verdict(r.gain_ours - r.gain_published, r.gain_tolerance, None)
 
 
 def compare(tables, records) -> list[Row]:
@@ -244,10 +265,16 @@ def rankings(rows) -> list[Ranking]:
     return out
 
 
+def gain_fails(r: Row) -> bool:
+    """Our gain over the baseline row is outside the gain tolerance (see `gain` above)."""
+    return r.gain_verdict in FAILING and not r.erratum
+
+
 def check(rows) -> list[Row]:
-    """Rows with results outside tolerance (below/above), except printed values flagged as errata:
-    `kd compare --check` fails iff this is non-empty. Missing rows never fail."""
-    return [r for r in rows if r.verdict in FAILING and not r.erratum]
+    """Rows with results outside tolerance (below/above) or whose gain over the baseline row is outside
+    the gain tolerance, except printed values flagged as errata: `kd compare --check` fails iff this is
+    non-empty. Missing rows never fail."""
+    return [r for r in rows if (r.verdict in FAILING or gain_fails(r)) and not r.erratum]
 
 
 def summary(rows) -> dict:

@@ -29,10 +29,11 @@ KNOWN_MODELS = frozenset(
 KNOWN_METHODS = frozenset(
     "baseline kd dkd bss fitnet at fsp nst ft ab vid ofd reviewkd srrl srd remd ipot sp cc rkd rkd_d "
     "rkd_a rkd_da pkt crd dml one kdsvd deit_hard deit_soft civt dearkd uskd funmatch".split())
-KNOWN_RECIPES = frozenset("crd sarfraz svhn_ot imagenet deit fsp_full fsp_third digits".split())
+KNOWN_RECIPES = frozenset("crd sarfraz svhn_ot imagenet deit fsp_full fsp_third digits c10jpeg_teacher c10jpeg_student "
+                           "c10jpeg_short".split())
 # Methods whose published number has no single teacher network (online KD, ensemble teachers).
 TEACHERLESS = frozenset({"dml", "one", "civt"})
-_DATASET_RE = re.compile(r"^(cifar10|cifar100|svhn|imagenet|digits)(-(noisy|imb|sub|test)\d+(\.\d+)?)*$")
+_DATASET_RE = re.compile(r"^(cifar10|cifar100|cifar10_jpeg|svhn|imagenet|digits)(-(noisy|imb|sub|test)\d+(\.\d+)?)*$")
 
 METRICS = ("top1", "top5")
 VALUE_KINDS = ("accuracy", "error")
@@ -43,7 +44,7 @@ AGGREGATES = ("mean", "ensemble")
 _REQUIRED = ("id", "title", "source", "metric", "value_kind", "statistic", "runs", "confidence",
              "tolerance", "columns", "rows", "values")
 _OPTIONAL = ("values_confidence", "baseline_row", "baseline_column", "defaults", "errata", "assumptions",
-             "cell_notes")
+             "cell_notes", "gain_tolerance")
 # Fields an entry carries that defaults/columns/rows may set.
 _ENTRY_FIELDS = ("dataset", "method", "student", "teacher", "recipe", "metric", "seed", "aggregate",
                  "quoted_from", "note")
@@ -125,6 +126,7 @@ class RefTable:
     errata: list = field(default_factory=list)
     assumptions: list = field(default_factory=list)
     path: str = ""
+    gain_tolerance: float | None = None   # points; how far our gain over baseline_row may be from the table's
 
     @property
     def higher_is_better(self) -> bool:
@@ -277,6 +279,9 @@ def load_table(path) -> RefTable:
         raise _err(path, _line_of(lines, "runs:"), "runs must be a positive integer or null")
     if not isinstance(d["tolerance"], (int, float)) or d["tolerance"] <= 0:
         raise _err(path, _line_of(lines, "tolerance:"), "tolerance must be a positive number (absolute points)")
+    if d.get("gain_tolerance") is not None and (not isinstance(d["gain_tolerance"], (int, float))
+                                                or d["gain_tolerance"] <= 0):
+        raise _err(path, _line_of(lines, "gain_tolerance:"), "gain_tolerance must be a positive number (points)")
     if not isinstance(d["source"], dict) or "paper" not in d["source"]:
         raise _err(path, _line_of(lines, "source:"), "source must be a mapping with at least 'paper'")
     defaults = d.get("defaults") or {}
@@ -374,16 +379,19 @@ def load_table(path) -> RefTable:
         values_confidence=d.get("values_confidence"), tolerance=float(d["tolerance"]),
         baseline_row=d.get("baseline_row"), baseline_column=d.get("baseline_column"),
         rows=rows, columns=columns, entries=entries, info=info, errata=errata,
-        assumptions=list(d.get("assumptions") or []), path=str(path))
+        assumptions=list(d.get("assumptions") or []), path=str(path),
+        gain_tolerance=float(d["gain_tolerance"]) if d.get("gain_tolerance") is not None else None)
 
 
 def load_all(root="reference_tables") -> list[RefTable]:
     """Every ``<root>/*.yaml`` table, sorted by file name; table ids must be unique.
 
-    A relative ``root`` that does not exist from the working directory is taken from the repository root."""
+    A relative ``root`` that does not exist from the working directory is the suite's own folder
+    (kd.paths.REFERENCE_TABLES: the source checkout's, or the copy installed with the package)."""
     root = Path(root)
     if not root.is_absolute() and not root.is_dir():
-        root = Path(__file__).resolve().parents[1] / root
+        from kd.paths import REFERENCE_TABLES
+        root = REFERENCE_TABLES if root.name == "reference_tables" else REFERENCE_TABLES.parent / root
     if not root.is_dir():
         raise KDError(f"reference table folder '{root}' does not exist")
     tables, seen = [], {}

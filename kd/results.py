@@ -1,4 +1,11 @@
-"""Append-only result lines: one JSON object per finished (or failed) run, under results/.
+"""Append-only result lines: one JSON object per finished (or failed) run.
+
+Where they go: a user's runs are written to results/local/ (git-ignored, so running the suite never
+dirties a checkout) unless --results or $KD_RESULTS names another folder. The lines committed with the
+repository (results/*.jsonl: the recorded demo and real-data runs) stay where they are. Reading
+commands (list, compare, report) read, without --results/$KD_RESULTS, every line under results/: the
+committed ones first, then results/local/, so a user's rerun of a seed supersedes a committed line;
+with --results/$KD_RESULTS they read that folder only.
 
 Record fields (schema 1):
     schema, cell_id, dataset, label, student, teacher, recipe, seed,
@@ -22,9 +29,17 @@ from pathlib import Path
 SCHEMA = 1
 
 
+LOCAL = Path("results") / "local"     # the default folder for a user's runs (relative to the working directory)
+
+
 def results_root(override: str | os.PathLike | None = None) -> Path:
-    """--results, else $KD_RESULTS, else ./results (read at call time)."""
-    return Path(override or os.environ.get("KD_RESULTS", "results"))
+    """Where runs are written: --results, else $KD_RESULTS, else ./results/local (read at call time)."""
+    return Path(override or os.environ.get("KD_RESULTS") or LOCAL)
+
+
+def read_root(override: str | os.PathLike | None = None) -> Path:
+    """Where reading commands look: --results, else $KD_RESULTS, else ./results (committed + local)."""
+    return Path(override or os.environ.get("KD_RESULTS") or LOCAL.parent)
 
 
 def results_file(dataset: str, root: Path | None = None) -> Path:
@@ -47,10 +62,17 @@ def append_record(record: dict, path: Path) -> None:
         os.close(fd)
 
 
+def _order(root: Path, f: Path) -> tuple:
+    """Committed lines before a user's (results/local/), then by path."""
+    return (f.relative_to(root).parts[0] == LOCAL.name and root.resolve() == LOCAL.parent.resolve(), str(f))
+
+
 def read_records(root: Path | None = None) -> list[dict]:
-    """Every result line under root (recursively, *.jsonl), in file order."""
+    """Every result line under `root` (default: read_root(), see the module docstring), recursively
+    (*.jsonl), committed files first, each file in line order."""
+    root = read_root(root)
     out = []
-    for f in sorted(results_root(root).rglob("*.jsonl")):
+    for f in sorted(root.rglob("*.jsonl"), key=lambda f: _order(root, f)):
         for i, line in enumerate(f.read_text().splitlines(), 1):
             if line.strip():
                 try:
@@ -59,3 +81,11 @@ def read_records(root: Path | None = None) -> list[dict]:
                     from kd.errors import KDError
                     raise KDError(f"{f}:{i}: not a JSON result line ({e.msg})") from None
     return out
+
+
+def recorded_seeds(cell_id: str, root: Path | None = None) -> set[int]:
+    """Seeds of `cell_id` with an ok line in the folder runs are written to (results_root(root))."""
+    root = results_root(root)
+    if not root.is_dir():
+        return set()
+    return {r["seed"] for r in read_records(root) if r.get("cell_id") == cell_id and r.get("status") == "ok"}

@@ -1,25 +1,23 @@
 """`kd table NAME`: run every missing cell of a reference table, then write its report.
 
 Order: teacher cells first (each trained once, with the recipe's teacher seed), then the other
-cells; a cell already recorded for a seed is skipped, and an interrupted run resumes from its
+cells; a cell already recorded for a seed (in the results folder runs are written to) is skipped, and an interrupted run resumes from its
 per-epoch state, so running the same command again after an interruption finishes the table with
 every cell recorded exactly once.
 """
 from __future__ import annotations
 
-from pathlib import Path
 
 from kd.cells import load_cells, load_recipe
 from kd.errors import KDError
 from kd.ids import cell_id
 from kd.reftables import load_all
-from kd.results import read_records
-
-REPO = Path(__file__).resolve().parent.parent
+from kd.paths import REFERENCE_TABLES
+from kd.results import read_records, results_root
 
 
 def table_by_name(name: str):
-    tables = load_all(REPO / "reference_tables")
+    tables = load_all(REFERENCE_TABLES)
     for t in tables:
         if t.id == name:
             return t
@@ -52,13 +50,17 @@ def run_table(name: str, seeds: list[int], overrides: dict, progress=True, **kw)
               + ", ".join(sorted({e.cell_id for e in unregistered}))[:500])
     results_dir = kw.get("results_dir")
     out = []
-    bar = tqdm(total=len(cells) * len(seeds), desc=f"table {name}", unit="run", disable=not progress)
+    from kd.log import bar_wanted      # a bar only on a terminal (the runs print their own lines otherwise)
+    bar = tqdm(total=len(cells) * len(seeds), desc=f"table {name}", unit="run", disable=not bar_wanted(progress))
     for cell in cells:
         recipe_id = load_recipe(cell.recipe).with_overrides(**overrides).id
         cid = cell_id(cell.dataset, cell.label, cell.student, cell.teacher, recipe_id)
         for seed in seeds:
-            # read again before each run: a teacher trained for an earlier cell is recorded meanwhile
-            done = {(r["cell_id"], r["seed"]) for r in read_records(results_dir) if r.get("status") == "ok"}
+            # read again before each run: a teacher trained for an earlier cell is recorded meanwhile.
+            # Only the folder runs are written to counts (as for `kd run`), not the committed lines.
+            root = results_root(results_dir)
+            done = {(r["cell_id"], r["seed"]) for r in (read_records(root) if root.is_dir() else [])
+                    if r.get("status") == "ok"}
             if (cid, seed) not in done:
                 out.append(run_cell(cell, seed, overrides=overrides, progress=progress, **kw))
             bar.update(1)

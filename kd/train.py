@@ -419,9 +419,8 @@ class Run:
         elapsed, images = state.get("elapsed", 0.0), state.get("images", 0)
         done_epochs = sum(len(x) for x in (curve, stage_log))
         try:
-            from tqdm import tqdm
-            bar = tqdm(total=sum(e for _, _, e in plan), initial=done_epochs, desc=self.id, unit="ep",
-                       disable=not self.progress, leave=False, dynamic_ncols=True)
+            from kd.log import EpochLog
+            elog = EpochLog.for_run(self, sum(e for _, _, e in plan), done_epochs)     # bar / lines / CSV / TensorBoard
             for si, stage, epochs in plan:
                 if state and si < state["stage"]:
                     continue
@@ -451,8 +450,7 @@ class Run:
                     entry = {"epoch": epoch + 1, "top1": round(top1, 4), "top5": round(top5, 4),
                              "train_loss": round(loss, 6), "lr": lrs[epoch]}
                     (curve if stage is None else stage_log).append(entry if stage is None else {"stage": stage.name, **entry})
-                    bar.set_postfix(top1=f"{top1:.2f}", loss=f"{loss:.3f}")
-                    bar.update(1)
+                    elog.epoch(entry, stage, images, elapsed)
                     self._save_state({"stage": si, "epoch": epoch, "student": self.student.state_dict(),
                                       "methods": self.method_modules.state_dict(), "optimizer": opt.state_dict(),
                                       "curve": curve, "stage_log": stage_log,
@@ -461,7 +459,7 @@ class Run:
                     if stop_after_epochs is not None and done_epochs >= stop_after_epochs and (si, epoch + 1) != (plan[-1][0], epochs):
                         raise KeyboardInterrupt
                 state = {}
-            bar.close()
+            elog.close()
         except FloatingPointError as e:
             record = self._record(started, curve, stage_log, elapsed, images, status="failed", error=str(e))
             self.state_path.unlink(missing_ok=True)

@@ -233,7 +233,8 @@ def test_import_teacher_then_student_uses_it(tmp_path, capsys, monkeypatch):
     assert code == 0, err
     code, err = _main(capsys, "run", "digits-sub400/kd/tiny_s_from_tiny_t/digits", "--epochs", "1", "--no-progress")
     assert code == 0, err
-    (rec,) = read_records(tmp_path / "res")          # the imported full-recipe teacher is used: none trained
+    imported, rec = read_records(tmp_path / "res")   # the imported full-recipe teacher is used: none trained
+    assert imported["imported"]["sha256"] == sha256_file(f) and imported["cell_id"] == "digits-sub400/baseline/tiny_t/digits"
     assert rec["teacher_checkpoint_sha256"] == sha256_file(f)
 
 

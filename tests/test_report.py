@@ -65,10 +65,11 @@ def test_markdown_layout_cells_and_sections(tmp_path):
     assert header == ["", *COLS]
     body = lines[2:]
     assert [ln.split("|")[1].strip() for ln in body] == ROWS
-    kd_cells = [c.strip() for c in body[1].strip("|").split("|")]
-    assert kd_cells[1] == "74.10 ± 0.21 (3) / 74.92 / −0.82 ▼"
-    assert kd_cells[2] == "70.50 (1) / 70.66 / −0.16 ✓"
-    assert body[2].split("|")[2].strip().endswith("▲")
+    kd_cells = [c.strip().split("<br>") for c in body[1].strip("|").split("|")]
+    assert kd_cells[1][0] == "74.10 ± 0.21 (3) / 74.92 / −0.82 ▼"
+    assert kd_cells[2][0] == "70.50 (1) / 70.66 / −0.16 ✓"
+    assert all(c[1].startswith("`cifar100/") and c[1].endswith("`") for c in kd_cells[1:])   # every cell: its id
+    assert body[2].split("|")[2].strip().split("<br>")[0].endswith("▲")
     assert "generated from 9 result lines" in md
     gains = md[md.index("## Gains"): md.index("## Ranking")].splitlines()[4:8]
     assert [tuple(c.strip() for c in ln.split("|")[1:3]) for ln in gains] == [

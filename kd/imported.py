@@ -1,0 +1,74 @@
+"""`kd import-teacher`: use a teacher checkpoint you have, checked, evaluated and recorded.
+
+Order (nothing is written until every check has passed): the cell is a teacher cell; the file's
+sha256 equals the one given; it loads strictly (weights_only=True) into the cell's model; no teacher
+is stored there yet (unless force); the test set is evaluated. Then the file is copied into the
+checkpoint store with its sha256 sidecar, and one result line is appended for the cell and the
+recipe's teacher seed, marked {"imported": {"from", "sha256"}}.
+
+Convention: an imported checkpoint has one evaluation and no training curve, so its top-1/top-5 are
+both the 'last' and the 'best' numbers of the line (best_epoch null, curve empty, wall_s = the
+evaluation's seconds).
+"""
+from __future__ import annotations
+
+import datetime as dt
+import json
+import platform
+import shutil
+import sys
+import time
+from pathlib import Path
+
+from kd.errors import KDError
+
+
+def import_teacher(cell, src: Path, sha256: str, *, data_root=None, store=None, results_dir=None,
+                   device: str | None = None, force: bool = False) -> dict:
+    import torch
+
+    from kd.cells import load_recipe
+    from kd.data import load_dataset
+    from kd.results import SCHEMA, append_record, results_file
+    from kd.train import (_device_name, _git, _versions, build_model, checkpoint_path, evaluate, load_checkpoint,
+                          sha256_file, store_root)
+    if cell.label != "baseline" or cell.teacher:
+        raise KDError(f"{cell.id} is not a teacher cell (expected dataset/baseline/<model>/<recipe>)")
+    src = Path(src)
+    if not src.is_file():
+        raise KDError(f"no such file: {src}")
+    digest = sha256_file(src)
+    if digest != sha256.lower():
+        raise KDError(f"{src}: sha256 is {digest}, not the {sha256} you gave; nothing imported")
+    recipe = load_recipe(cell.recipe)
+    dst = checkpoint_path(cell.id, recipe.teacher_seed, store_root(store))
+    if dst.is_file() and not force:
+        old = dst.with_suffix(".sha256")
+        old = old.read_text().split()[0][:12] + "…" if old.is_file() else "no sha256"
+        raise KDError(f"a teacher for {cell.id} is already stored ({dst}, {old}); --force replaces it")
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    ds = load_dataset(cell.dataset, data_root, seed=recipe.data_seed)
+    model = build_model(cell.student, ds.num_classes)
+    load_checkpoint(model, src, expected_sha256=digest)                              # strict load check
+    started = dt.datetime.now(dt.timezone.utc)
+    t0 = time.perf_counter()
+    data = ds.on_device(dev)
+    top1, top5 = evaluate(model.to(dev), [], data)
+    wall = time.perf_counter() - t0
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dst)
+    dst.with_suffix(".sha256").write_text(f"{digest}  imported from {src.resolve()}\n")
+    rec = {"schema": SCHEMA, "cell_id": cell.id, "dataset": cell.dataset, "label": cell.label,
+           "student": cell.student, "teacher": None, "recipe": recipe.id, "seed": recipe.teacher_seed,
+           "status": "ok", "top1_last": round(top1, 4), "top5_last": round(top5, 4), "top1_best": round(top1, 4),
+           "top5_best": round(top5, 4), "best_epoch": None, "checkpoint": str(dst), "checkpoint_sha256": digest,
+           "imported": {"from": str(src.resolve()), "sha256": digest}, "curve": [], "stage_curve": [],
+           "config": {"cell": cell.to_dict(), "dataset_info": ds.info, "num_test": data.num_test},
+           "teacher_cell": None, "teacher_checkpoint_sha256": None, "git": dict(_git()), "versions": _versions(),
+           "device": _device_name(dev), "wall_s": round(wall, 3), "images_per_s": None,
+           "started": started.isoformat(timespec="seconds"),
+           "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "host": platform.node(),
+           "argv": sys.argv[1:]}
+    rec = json.loads(json.dumps(rec))
+    append_record(rec, results_file(cell.dataset, results_dir))
+    return rec
