@@ -89,7 +89,7 @@ class Recipe:
     teacher_recipe: str | None = None    # None: the same recipe
     teacher_seed: int = 0                # which seed's teacher checkpoint the students use
     data_seed: int = 0                   # seed of dataset variants (noise, imbalance, subset)
-    amp: bool = False                    # bf16 autocast on CUDA
+    amp: bool = False                    # bf16 autocast (any device); the override precision=bf16 sets it
     description: str = ""
     source: str = ""
     assumed: tuple = ()
@@ -111,10 +111,18 @@ class Recipe:
         ov = {k: v for k, v in ov.items() if v is not None}
         if not ov:
             return self
-        bad = set(ov) - {"epochs", "batch_size", "lr", "subset"}
+        bad = set(ov) - {"epochs", "batch_size", "lr", "subset", "precision"}
         if bad:
-            raise KDError(f"unknown override(s) {', '.join(sorted(bad))}; valid: epochs, batch_size, lr, subset")
-        changes = {k: v for k, v in ov.items() if k != "subset"}
+            raise KDError(f"unknown override(s) {', '.join(sorted(bad))}; valid: epochs, batch_size, lr, subset, precision")
+        if ov.get("precision", "fp32") not in ("fp32", "bf16"):
+            raise KDError(f"unknown precision '{ov['precision']}'; valid: fp32, bf16")
+        if ov.get("precision") == ("bf16" if self.amp else "fp32"):
+            ov.pop("precision")                  # the recipe's own precision: the same protocol, the same id
+            if not ov:
+                return self
+        changes = {k: v for k, v in ov.items() if k not in ("subset", "precision")}
+        if "precision" in ov:
+            changes["amp"] = ov["precision"] == "bf16"      # bf16 autocast: another recipe id
         if "epochs" in ov:
             changes["milestones"] = tuple(max(1, round(m * ov["epochs"] / self.epochs)) for m in self.milestones)
         if "lr" in ov:

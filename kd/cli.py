@@ -21,6 +21,10 @@ def _common(p: argparse.ArgumentParser):
                    help="no progress bar: one plain line per epoch (also off a terminal or with TQDM_DISABLE=1)")
     p.add_argument("--tensorboard", metavar="DIR", help="also write TensorBoard event files under DIR "
                    "(needs the tensorboard package: pip install 'kd-bench[tensorboard]')")
+    p.add_argument("--mode", choices=["eager", "compile", "graph"],
+                   help="execution: eager, compile (torch.compile) or graph (CUDA graphs); default graph on CUDA, "
+                        "eager on the CPU. Changes float rounding only; recorded in every result line")
+    p.add_argument("--no-channels-last", action="store_true", help="keep models and batches in NCHW (recorded)")
 
 
 def _logging(a):
@@ -29,12 +33,29 @@ def _logging(a):
         configure(tensorboard=a.tensorboard)
 
 
+def _execution(a):
+    """--mode / --no-channels-last on the chosen device (None: the device's default)."""
+    if not a.mode and not a.no_channels_last:
+        return None
+    import torch
+    from kd.execution import resolve
+    dev = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    return resolve(dev, a.mode, False if a.no_channels_last else None)
+
+
+def cmd_bench(a):
+    from kd.bench import bench
+    bench(a.cell, modes=a.modes, device=a.device, steps=a.steps, warmup=a.warmup, rounds=a.rounds,
+          threads=a.threads, batch_size=a.batch_size, repdistiller=a.repdistiller, workers=a.workers,
+          results=a.results, channels_last=not a.no_channels_last, data_root=a.data_root)
+
+
 def cmd_run(a):
     from kd.cells import find_cell, load_recipe
     from kd.ids import cell_id
     from kd.results import recorded_seeds, results_root
     cell = find_cell(a.cell)
-    ov = {"epochs": a.epochs, "batch_size": a.batch_size, "lr": a.lr, "subset": a.subset}
+    ov = {"epochs": a.epochs, "batch_size": a.batch_size, "lr": a.lr, "subset": a.subset, "precision": a.precision}
     cid = cell_id(cell.dataset, cell.label, cell.student, cell.teacher, load_recipe(cell.recipe).with_overrides(**ov).id)
     done = set() if a.force else recorded_seeds(cid, a.results)
     for seed in [s for s in a.seed if s in done]:
@@ -46,7 +67,7 @@ def cmd_run(a):
     from kd.train import run_cell
     for seed in todo:
         rec = run_cell(cell, seed, device=a.device, overrides=ov, data_root=a.data_root, store=a.store,
-                       results_dir=a.results, progress=not a.no_progress)
+                       results_dir=a.results, progress=not a.no_progress, execution=_execution(a))
         print(f"{rec['cell_id']} seed {seed}: top-1 last {rec['top1_last']:.2f} best {rec['top1_best']:.2f} "
               f"(epoch {rec['best_epoch']}), {rec['images_per_s']} img/s on {rec['device']}")
 
@@ -156,7 +177,7 @@ def cmd_table(a):
     ov = {k: v for k, v in ov.items() if v is not None}
     _logging(a)
     run_table(a.name, a.seed, ov, progress=not a.no_progress, device=a.device, data_root=a.data_root,
-              store=a.store, results_dir=a.results)
+              store=a.store, results_dir=a.results, execution=_execution(a))
     a.table, a.out = [a.name], None
     cmd_report(a)
 
@@ -180,6 +201,8 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--batch-size", type=int, help="override: batch size")
     r.add_argument("--lr", type=float, help="override: learning rate")
     r.add_argument("--subset", type=int, help="override: train on a seeded subset of N images")
+    r.add_argument("--precision", choices=["fp32", "bf16"],
+                   help="override: bf16 autocast (its results carry another recipe id, never mixed with fp32)")
     r.add_argument("--force", action="store_true", help="run seeds that already have a result line again")
     _common(r)
     r.set_defaults(fn=cmd_run)
@@ -233,6 +256,23 @@ def main(argv: list[str] | None = None) -> int:
         tb.add_argument(flag, type=typ, help="override (recorded as another recipe)")
     _common(tb)
     tb.set_defaults(fn=cmd_table)
+
+    b = sub.add_parser("bench", help="time one cell's training step per execution mode (and beside RepDistiller)")
+    b.add_argument("cell", help="cell id, e.g. cifar100/kd/resnet8x4_from_resnet32x4/crd")
+    b.add_argument("--modes", nargs="+", choices=["eager", "compile", "graph"],
+                   help="execution modes to time (default: eager and graph on CUDA, eager on the CPU)")
+    b.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    b.add_argument("--steps", type=int, default=30, help="timed steps per round (default 30)")
+    b.add_argument("--warmup", type=int, default=10, help="untimed steps before each timing (default 10)")
+    b.add_argument("--rounds", type=int, default=5, help="alternating rounds; the median is reported (default 5)")
+    b.add_argument("--threads", type=int, help="torch threads for every contender (default: torch's)")
+    b.add_argument("--batch-size", type=int, help="instead of the recipe's")
+    b.add_argument("--data-root", help="the cell's data, when at hand (else synthetic images of its shape)")
+    b.add_argument("--repdistiller", metavar="PATH", help="a RepDistiller checkout: time its own step side by side")
+    b.add_argument("--workers", type=int, help="RepDistiller's DataLoader workers (default min(8, CPUs))")
+    b.add_argument("--no-channels-last", action="store_true")
+    b.add_argument("--results", help="speed lines go to <results>/speed/bench.jsonl")
+    b.set_defaults(fn=cmd_bench)
 
     a = p.parse_args(argv)
     try:

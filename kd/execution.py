@@ -106,6 +106,12 @@ def default_execution(device: torch.device) -> Execution:
     return Execution("graph" if device.type == "cuda" else "eager", channels_last=True)
 
 
+def resolve(device: torch.device, mode: str | None = None, channels_last: bool | None = None) -> Execution:
+    """The device's default, with what the user set (--mode, --no-channels-last) in its place."""
+    d = default_execution(device)
+    return Execution(mode or d.mode, d.channels_last if channels_last is None else channels_last).check(device)
+
+
 def lr_schedule(schedule: str, lr: float, epochs: int, milestones, gamma: float) -> list[float]:
     """The learning rate of each epoch, exactly as PyTorch's scheduler steps it (its chained form,
     so the floats equal an eager run that steps MultiStepLR/CosineAnnealingLR once per epoch)."""

@@ -73,6 +73,8 @@ def read_records(root: Path | None = None) -> list[dict]:
     root = read_root(root)
     out = []
     for f in sorted(root.rglob("*.jsonl"), key=lambda f: _order(root, f)):
+        if "speed" in f.relative_to(root).parts[:-1]:
+            continue                                   # `kd bench` lines: timings, never results
         for i, line in enumerate(f.read_text().splitlines(), 1):
             if line.strip():
                 try:

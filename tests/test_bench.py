@@ -1,0 +1,34 @@
+"""`kd bench`: speed lines with provenance, never an accuracy; bad input is one line."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from kd.cli import main
+from kd.results import read_records
+
+CELL = "digits-sub400/kd/tiny_s_from_tiny_t/digits"
+
+
+def test_bench_writes_speed_lines_and_no_result(tmp_path, capsys):
+    assert main(["bench", CELL, "--device", "cpu", "--steps", "2", "--warmup", "1", "--rounds", "2",
+                 "--threads", "1", "--results", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert "ms/step" in out and "kd (eager, channels_last)" in out
+    (line,) = [json.loads(x) for x in (tmp_path / "speed" / "bench.jsonl").read_text().splitlines()]
+    assert line["kind"] == "speed" and line["cell_id"] == CELL and line["execution"]["mode"] == "eager"
+    assert line["images_per_s"] > 0 and len(line["images_per_s_rounds"]) == 2 and line["threads"] == 1
+    assert line["data"] == "digits-sub400" and line["num_train"] == 400 and line["versions"]["torch"] and "commit" in line["git"]
+    assert read_records(tmp_path) == []                  # a timing is never taken for a result
+
+
+@pytest.mark.parametrize("args,msg", [
+    (["--repdistiller", "/nonexistent"], "is not a RepDistiller checkout"),
+    (["--modes", "graph", "--device", "cpu"], "needs a CUDA device"),
+])
+def test_bench_bad_input_is_one_line(tmp_path, capsys, args, msg):
+    assert main(["bench", CELL, "--steps", "1", "--warmup", "0", "--rounds", "1", "--results", str(tmp_path), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("kd: error:") and msg in err and err.count("\n") == 1
+    assert not (tmp_path / "speed").exists()
