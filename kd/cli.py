@@ -60,9 +60,9 @@ def cmd_list(a):
 
 
 def cmd_import_teacher(a):
-    import shutil
     from kd.cells import find_cell, load_recipe
-    from kd.train import build_model, checkpoint_path, load_checkpoint, sha256_file, store_root
+    from kd.store import checkpoint_path, install_checkpoint, load_checkpoint, run_lock, sha256_file, store_root
+    from kd.train import build_model
     cell = find_cell(a.cell)
     if cell.label != "baseline" or cell.teacher:
         raise KDError(f"{a.cell} is not a teacher cell (expected dataset/baseline/<model>/<recipe>)")
@@ -75,10 +75,10 @@ def cmd_import_teacher(a):
     from kd.data import num_classes
     load_checkpoint(build_model(cell.student, num_classes(cell.dataset, a.data_root)), src,
                     expected_sha256=digest)                                        # strict load check
-    dst = checkpoint_path(cell.id, load_recipe(cell.recipe).teacher_seed, store_root(a.store))
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(src, dst)
-    dst.with_suffix(".sha256").write_text(f"{digest}  imported from {src.resolve()}\n")
+    seed, store = load_recipe(cell.recipe).teacher_seed, store_root(a.store)
+    dst = checkpoint_path(cell.id, seed, store)
+    with run_lock(store, cell.id, seed):                  # not while a run trains this teacher
+        install_checkpoint(src, dst, digest, f"imported from {src.resolve()}")
     print(f"imported {src} as teacher {cell.id} ({digest[:12]}…) -> {dst}")
 
 
