@@ -117,7 +117,13 @@ def scan_records(root: Path | None = None) -> tuple[list[dict], list[str]]:
     another schema, mistyped fields, unreadable files, directories named *.jsonl)."""
     records, problems = [], []
     base = results_root(root)
+    if (base.exists() or base.is_symlink()) and not base.is_dir():
+        from kd.errors import KDError
+        raise KDError(f"results folder {base} is not a folder")
     for f in sorted(base.rglob("*.jsonl")) if base.is_dir() else []:
+        if f.is_dir():
+            problems.append(f"{f}: a folder named *.jsonl, not a results file")
+            continue
         try:
             data = f.read_bytes()
         except OSError as e:
