@@ -159,10 +159,12 @@ def _to_tensors(x: np.ndarray, y) -> tuple[torch.Tensor, torch.Tensor]:
 
 class _BatchUnpickler(pickle.Unpickler):
     """Admits only what the CIFAR python batches contain: builtin containers, bytes, str, int
-    (no globals needed) and numpy arrays (numpy's array reconstructors, ndarray, dtype). Any
-    other global (os.system, builtins.eval, ...) is refused, so a crafted batch cannot run code.
-    The pattern of the Python docs' "Restricting Globals"."""
-    ALLOWED = {("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    (no globals needed) and numpy arrays (numpy's array reconstructors, ndarray, dtype), plus
+    _codecs.encode, with which Python 3 writes bytes into protocol-2 pickles (a copy re-pickled by
+    Python 3). Any other global (os.system, builtins.eval, ...) is refused, so a crafted batch
+    cannot run code. The pattern of the Python docs' "Restricting Globals"."""
+    ALLOWED = {("_codecs", "encode"),
+               ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
                ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
                ("numpy", "ndarray"), ("numpy", "dtype")}
 

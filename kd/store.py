@@ -163,21 +163,32 @@ def run_lock(store: Path, cid: str, seed: int):
     """Hold an exclusive lock on (cell, seed) in the store while the run trains. A second process
     asking for the same lock is refused at once with one line (it would train the same run twice
     and append a duplicate line). The lock goes with the process (flock), so a killed run leaves
-    no stale lock."""
+    no stale lock; the lock file is removed on release (while still held; a process that opened
+    the removed file notices that its file is no longer the lock file and opens it again)."""
     path = store / "runs" / safe_name(cid) / f"seed{seed}.lock"
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as e:
-        raise KDError(f"cannot write to the store {store}: {e.strerror or e}") from None
-    try:
+    while True:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as e:
+            raise KDError(f"cannot write to the store {store}: {e.strerror or e}") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
+            os.close(fd)
             raise KDError(f"{cid} seed {seed} is being trained by another process right now (lock {path}); "
                           f"wait for it to finish") from None
+        try:
+            same = os.path.samestat(os.fstat(fd), os.stat(path))
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)
+    try:
         yield
     finally:
+        path.unlink(missing_ok=True)
         os.close(fd)           # releases the lock
 
 

@@ -135,14 +135,14 @@ class Run:
         self.teacher_id, self.git = None, None
 
     def run(self, stop_after_epochs: int | None = None) -> dict:
-        # Before anything trains: the results file and the store can be written, no other process
-        # trains this (cell, seed) (the lock is held until the record is appended), and a resume
-        # state left in the store belongs to this very configuration (kd.store).
+        # Before anything trains or is written: the results file and the store can be written, a
+        # resume state left in the store belongs to this very configuration, the data reads; then
+        # no other process may train this (cell, seed) until its record is appended (kd.store).
         check_writable(results_file(self.cell.dataset, self.results_dir), "results file", folder=False)
         check_writable(self.store, "checkpoint store", folder=True)
+        load_state(self.state_path, self.digest)
+        self.load_data()
         with run_lock(self.store, self.id, self.seed):
-            load_state(self.state_path, self.digest)
-            self.load_data()
             teacher, sha, self.teacher_id = get_teacher(
                 self.cell, self.recipe, self.ds.num_classes, self.device, data_root=self.data_root, store=self.store,
                 results_dir=self.results_dir, progress=self.progress, log=self.log)
