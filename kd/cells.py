@@ -217,6 +217,8 @@ def load_recipe(name: str, root: Path | None = None) -> Recipe:
         valid = sorted(p.stem for p in (root / "recipes").glob("*.yaml"))
         raise KDError(f"unknown recipe '{base}'; valid recipes: {', '.join(valid)}")
     data = read_yaml(path)
+    if "overrides" in data:
+        raise KDError(f"{path}: 'overrides' is not a recipe key (overrides come from the command line)")
     if data.setdefault("name", base) != base:
         raise KDError(f"{path}: name {data['name']!r} differs from the file name '{base}' (a recipe's id is its "
                       f"file name: rename the file or fix the name)")

@@ -86,7 +86,8 @@ def check_record(rec) -> str | None:
     """Why `rec` is not a schema-1 result record, or None. Numbers must be JSON numbers: "95.0"
     and true are not accuracies."""
     if not isinstance(rec, dict):
-        return f"a JSON {type(rec).__name__}, not an object"
+        kind = {list: "array", str: "string", bool: "boolean", int: "number", float: "number"}.get(type(rec), "null")
+        return f"a JSON {kind}, not an object"
     if rec.get("schema") != SCHEMA or isinstance(rec.get("schema"), bool):
         return f"schema {rec.get('schema')!r}, this kd reads schema {SCHEMA}"
     for k in ("cell_id", "status"):
