@@ -14,6 +14,7 @@ import hashlib
 import os
 import pickle
 import re
+import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -320,13 +321,17 @@ def _cached_folder(d: Path, size: int | None):
         z = np.load(cache)
         return torch.from_numpy(z["x"]), torch.from_numpy(z["y"]), list(z["classes"])
     x, y, classes = read_image_folder(d, size)
+    tmp = None
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp.npz")
-        np.savez(tmp, x=x.numpy(), y=y.numpy(), classes=np.array(classes))
+        fd, tmp = tempfile.mkstemp(prefix=f".{cache.stem}.", suffix=".npz", dir=cache.parent)  # private to this process
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, x=x.numpy(), y=y.numpy(), classes=np.array(classes))
         os.replace(tmp, cache)
     except OSError:
-        pass  # unwritable cache: decode again next time
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
+        # unwritable cache: decode again next time
     return x, y, classes
 
 

@@ -56,15 +56,20 @@ def state_path(cid: str, seed: int, store: Path) -> Path:
 
 
 def atomic_write(path: Path, write) -> None:
-    """`write(tmp_path)` into a temporary file unique to this process, then os.replace onto `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    """`write(tmp_path)` into a temporary file unique to this process, then os.replace onto `path`.
+    A failed write (a full disk) leaves `path` as it was and is one KDError line."""
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
         write(Path(tmp))
         os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+    except BaseException as e:
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
+        if isinstance(e, OSError):
+            raise KDError(f"cannot write {path}: {e.strerror or e}; it is as it was") from None
         raise
 
 

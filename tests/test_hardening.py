@@ -282,3 +282,19 @@ def test_an_unwritable_store_or_results_folder_is_refused_before_training(data_r
     err = capsys.readouterr().err
     assert code == 2 and err.count("\n") == 1 and "is not a writable folder" in err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a_file"]
+
+
+def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_keeps_the_old_file(tmp_path, monkeypatch):
+    import kd.store
+    path = tmp_path / "m" / "seed0.pt"
+    save_checkpoint(build_model("tiny_s", 10), path)
+    before = files(tmp_path)
+
+    def full(obj, f):
+        f.write(b"PK\x03\x04 partial")
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(kd.store.torch, "save", full)
+    with pytest.raises(KDError, match="cannot write .*seed0.pt: No space left on device; it is as it was"):
+        save_checkpoint(build_model("tiny_s", 10), path)
+    assert files(tmp_path) == before                              # no temporary file left, the old one intact
