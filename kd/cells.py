@@ -52,12 +52,13 @@ def _build(cls, data: dict, where: str):
         raise KDError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; valid: {', '.join(sorted(names))}")
     try:
         return cls(**data)
-    except (TypeError, _Invalid) as e:
+    except (TypeError, FieldError) as e:
         raise KDError(f"{where}: {e}") from None
 
 
-class _Invalid(ValueError):
-    """A field of the wrong type or out of range (the caller says where)."""
+class FieldError(KDError):
+    """A field of the wrong type or out of range ('<field> = <value>: must be ...'); callers that
+    know the file or flag re-raise it with that prefix."""
 
 
 MAX_SEED = 2**32 - 1
@@ -74,7 +75,7 @@ def is_int(v) -> bool:
 
 def _need(ok: bool, key: str, value, must: str) -> None:
     if not ok:
-        raise _Invalid(f"{key} = {value!r}: must be {must}")
+        raise FieldError(f"{key} = {value!r}: must be {must}")
 
 
 def check_seed(seed, what: str = "seed") -> int:
@@ -116,7 +117,7 @@ class Recipe:
     overrides: dict = field(default_factory=dict)      # set by with_overrides; part of the id
 
     def __post_init__(self):
-        """Type and range of every field; raises _Invalid ('<field> = <value>: must be ...')."""
+        """Type and range of every field; raises FieldError ('<field> = <value>: must be ...')."""
         _need(isinstance(self.name, str) and bool(_NAME.match(self.name)), "name", self.name,
               "a name of letters, digits, _ . + -")
         for k in ("epochs", "batch_size"):
@@ -170,7 +171,7 @@ class Recipe:
         for k, v in ov.items():
             try:
                 check_override(k, v)
-            except _Invalid as e:
+            except FieldError as e:
                 raise KDError(f"override {e}") from None
         changes = {k: v for k, v in ov.items() if k != "subset"}
         if "epochs" in ov:

@@ -46,7 +46,7 @@ def _device(name: str | None) -> str | None:
 
 def _check_run_args(a) -> dict:
     """Seeds, device and overrides of `kd run` / `kd table`, checked before anything runs."""
-    from kd.cells import _Invalid, check_override, check_seed
+    from kd.cells import FieldError, check_override, check_seed
     for seed in a.seed:
         check_seed(seed, "--seed")
     a.device = _device(a.device)
@@ -55,7 +55,7 @@ def _check_run_args(a) -> dict:
     for k, v in ov.items():
         try:
             check_override(k, v)
-        except _Invalid as e:
+        except FieldError as e:
             raise KDError(f"--{k.replace('_', '-')}: {e}") from None
     return ov
 

@@ -311,7 +311,7 @@ JSON = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st
                     max_leaves=8)
 
 
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(field=st.sampled_from(["schema", "cell_id", "seed", "status", "recipe", "top1_last", "top5_best",
                               "ensemble_top1"]), value=JSON)
 def test_any_value_of_a_record_field_is_accepted_only_when_well_typed(field, value):
@@ -327,7 +327,7 @@ def test_any_value_of_a_record_field_is_accepted_only_when_well_typed(field, val
         assert (why is None) == (value == 1 and not isinstance(value, bool))
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(lines=st.lists(st.binary(max_size=60) | JSON.map(json.dumps), max_size=4), torn=st.booleans())
 def test_any_bytes_in_a_results_file_are_skipped_or_read_never_a_crash(tmp_path_factory, lines, torn):
     root = tmp_path_factory.mktemp("r")
