@@ -15,50 +15,46 @@ kd.ids.cell_id. Cell files (benchmarks/**/*.yaml, except recipes/) list a grid:
     source: "..."
 
 The teacher of every cell is itself a cell (label 'baseline', the teacher recipe); it is added
-automatically when no file defines it. YAML is read with yaml.safe_load; unknown keys, unknown
-names and duplicate ids are errors.
+automatically when no file defines it. YAML is read with yaml.safe_load (kd.yamlsafe: duplicate
+keys and aliases refused); unknown keys, unknown names, duplicate ids, a field of the wrong type or
+out of range (checked for every recipe field, override and method hyperparameter) are errors, all
+raised before anything is trained or written.
 """
 from __future__ import annotations
 
 import functools
+import inspect
+import math
 import re
+import types
+import typing
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-
-import yaml
 
 from kd.errors import KDError
 from kd.ids import cell_id
 from kd.paths import BENCHMARKS
+from kd.yamlsafe import load_file
 
 
-# The C implementation of the safe loader when PyYAML has it (same semantics as yaml.safe_load, faster).
-_SAFE_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
 
 
 def read_yaml(path: Path) -> dict:
-    """A YAML mapping read with the safe loader; memoised per (file, modification time, size)."""
+    """A cell or recipe file (kd.yamlsafe: duplicate keys and aliases refused), a mapping at the top;
+    memoised per (file, modification time, size)."""
     try:
         st = Path(path).stat()
     except OSError as e:
         raise KDError(f"cannot read {path}: {e.strerror}") from None
-    return dict(_read_yaml(str(path), st.st_mtime_ns, st.st_size))
+    data = _read_yaml(str(path), st.st_mtime_ns, st.st_size)
+    if not isinstance(data, dict):
+        raise KDError(f"{path}: expected a mapping at the top level")
+    return dict(data)
 
 
 @functools.lru_cache(maxsize=4096)
-def _read_yaml(path: str, mtime_ns: int, size: int) -> dict:
-    try:
-        data = yaml.load(Path(path).read_text(), Loader=_SAFE_LOADER)
-    except yaml.MarkedYAMLError as e:
-        mark = e.problem_mark
-        raise KDError(f"{path}:{mark.line + 1}: malformed YAML: {e.problem}") from None
-    except yaml.YAMLError as e:
-        raise KDError(f"{path}: malformed YAML: {e}") from None
-    except OSError as e:
-        raise KDError(f"cannot read {path}: {e.strerror}") from None
-    if not isinstance(data, dict):
-        raise KDError(f"{path}: expected a mapping at the top level")
-    return data
+def _read_yaml(path: str, mtime_ns: int, size: int):
+    return load_file(Path(path))
 
 
 def _build(cls, data: dict, where: str):
@@ -68,8 +64,45 @@ def _build(cls, data: dict, where: str):
         raise KDError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; valid: {', '.join(sorted(names))}")
     try:
         return cls(**data)
-    except TypeError as e:
+    except (TypeError, FieldError) as e:
         raise KDError(f"{where}: {e}") from None
+
+
+class FieldError(KDError):
+    """A field of the wrong type or out of range ('<field> = <value>: must be ...'); callers that
+    know the file or flag re-raise it with that prefix."""
+
+
+MAX_SEED = 2**32 - 1
+
+
+def is_number(v) -> bool:
+    """A real number from YAML or the CLI: int or float, not bool, finite."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def is_int(v) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _need(ok: bool, key: str, value, must: str) -> None:
+    if not ok:
+        raise FieldError(f"{key} = {value!r}: must be {must}")
+
+
+def check_seed(seed, what: str = "seed") -> int:
+    """Seeds are whole numbers in [0, 2**32 - 1] (what every generator accepts)."""
+    if not (is_int(seed) and 0 <= seed <= MAX_SEED):
+        raise KDError(f"{what} {seed!r}: must be a whole number in [0, {MAX_SEED}]")
+    return seed
+
+
+def check_override(key: str, value) -> None:
+    """The quick-check overrides: epochs, batch_size, subset whole numbers >= 1; lr a finite number > 0."""
+    if key == "lr":
+        _need(is_number(value) and value > 0, key, value, "a finite number > 0")
+    else:
+        _need(is_int(value) and value >= 1, key, value, "a whole number >= 1")
 
 
 @dataclass(frozen=True)
@@ -95,6 +128,39 @@ class Recipe:
     assumed: tuple = ()
     overrides: dict = field(default_factory=dict)      # set by with_overrides; part of the id
 
+    def __post_init__(self):
+        """Type and range of every field; raises FieldError ('<field> = <value>: must be ...')."""
+        _need(isinstance(self.name, str) and bool(_NAME.match(self.name)), "name", self.name,
+              "a name of letters, digits, _ . + -")
+        for k in ("epochs", "batch_size"):
+            _need(is_int(getattr(self, k)) and getattr(self, k) >= 1, k, getattr(self, k), "a whole number >= 1")
+        for k in ("lr", "gamma"):
+            _need(is_number(getattr(self, k)) and getattr(self, k) > 0, k, getattr(self, k), "a finite number > 0")
+        _need(is_number(self.momentum) and 0 <= self.momentum <= 1, "momentum", self.momentum, "a number in [0, 1]")
+        _need(is_number(self.weight_decay) and self.weight_decay >= 0, "weight_decay", self.weight_decay,
+              "a finite number >= 0")
+        _need(isinstance(self.milestones, tuple) and all(is_int(m) and 1 <= m <= self.epochs for m in self.milestones),
+              "milestones", self.milestones, f"a list of whole numbers in [1, epochs = {self.epochs}]")
+        _need(self.schedule in ("multistep", "cosine"), "schedule", self.schedule, "multistep or cosine")
+        _need(self.optimizer in ("sgd", "adamw"), "optimizer", self.optimizer, "sgd or adamw")
+        for k in ("nesterov", "amp"):
+            _need(isinstance(getattr(self, k), bool), k, getattr(self, k), "true or false")
+        _need(isinstance(self.lr_by_student, dict) and all(isinstance(k, str) and is_number(v) and v > 0
+                                                           for k, v in self.lr_by_student.items()),
+              "lr_by_student", self.lr_by_student, "a mapping of student name to a finite number > 0")
+        _need(self.teacher_recipe is None or isinstance(self.teacher_recipe, str) and bool(_NAME.match(self.teacher_recipe)),
+              "teacher_recipe", self.teacher_recipe, "a recipe name")
+        for k in ("teacher_seed", "data_seed"):
+            _need(is_int(getattr(self, k)) and 0 <= getattr(self, k) <= MAX_SEED, k, getattr(self, k),
+                  f"a whole number in [0, {MAX_SEED}]")
+        for k in ("description", "source"):
+            _need(isinstance(getattr(self, k), str), k, getattr(self, k), "text")
+        _need(isinstance(self.assumed, tuple) and all(isinstance(a, str) for a in self.assumed), "assumed",
+              self.assumed, "a list of text")
+        _need(isinstance(self.overrides, dict), "overrides", self.overrides, "a mapping")
+        for k, v in self.overrides.items():
+            check_override(k, v)
+
     @property
     def id(self) -> str:
         if not self.overrides:
@@ -115,11 +181,18 @@ class Recipe:
         if bad:
             raise KDError(f"unknown override(s) {', '.join(sorted(bad))}; valid: epochs, batch_size, lr, subset, precision")
         if ov.get("precision", "fp32") not in ("fp32", "bf16"):
-            raise KDError(f"unknown precision '{ov['precision']}'; valid: fp32, bf16")
+            raise KDError(f"override precision = {ov['precision']!r}: must be fp32 or bf16")
         if ov.get("precision") == ("bf16" if self.amp else "fp32"):
             ov.pop("precision")                  # the recipe's own precision: the same protocol, the same id
             if not ov:
                 return self
+        for k, v in ov.items():
+            if k == "precision":
+                continue
+            try:
+                check_override(k, v)
+            except FieldError as e:
+                raise KDError(f"override {e}") from None
         changes = {k: v for k, v in ov.items() if k not in ("subset", "precision")}
         if "precision" in ov:
             changes["amp"] = ov["precision"] == "bf16"      # bf16 autocast: another recipe id
@@ -157,22 +230,33 @@ class Cell:
         return asdict(self)
 
 
-def load_recipe(name: str, root: Path = BENCHMARKS) -> Recipe:
+def load_recipe(name: str, root: Path | None = None) -> Recipe:
+    """benchmarks/recipes/<name>.yaml, every field checked. The recipe's id is its file name: a
+    `name:` that differs from it is an error (it would file runs under another recipe's id)."""
+    root = root or BENCHMARKS
     base = name.split("~")[0]
     path = root / "recipes" / f"{base}.yaml"
-    if not path.is_file():
+    if not _NAME.match(base) or not path.is_file():
         valid = sorted(p.stem for p in (root / "recipes").glob("*.yaml"))
         raise KDError(f"unknown recipe '{base}'; valid recipes: {', '.join(valid)}")
     data = read_yaml(path)
-    data.setdefault("name", base)
+    if "overrides" in data:
+        raise KDError(f"{path}: 'overrides' is not a recipe key (overrides come from the command line)")
+    if data.setdefault("name", base) != base:
+        raise KDError(f"{path}: name {data['name']!r} differs from the file name '{base}' (a recipe's id is its "
+                      f"file name: rename the file or fix the name)")
     for k in ("milestones", "assumed"):
-        if k in data:
+        if isinstance(data.get(k), list):
             data[k] = tuple(data[k])
     return _build(Recipe, data, str(path))
 
 
 _GRID_KEYS = {"dataset", "recipe", "methods", "pairs", "models", "pair_params", "assumed", "source", "table", "note"}
 _NAME = re.compile(r"^[A-Za-z0-9_.+\-]+$")
+
+
+def _is_names(v, n: int | None = None) -> bool:
+    return isinstance(v, list) and all(isinstance(x, str) for x in v) and (n is None or len(v) == n)
 
 
 def _cells_from_file(path: Path, root: Path) -> list[Cell]:
@@ -183,6 +267,27 @@ def _cells_from_file(path: Path, root: Path) -> list[Cell]:
     for k in ("dataset", "recipe", "methods"):
         if k not in d:
             raise KDError(f"{path}: missing key '{k}'")
+
+    def need(ok, key, must):
+        if not ok:
+            raise KDError(f"{path}: {key} = {d.get(key)!r}: must be {must}"[:400])
+
+    need(isinstance(d["dataset"], str), "dataset", "a dataset name")
+    need(isinstance(d["recipe"], str), "recipe", "a recipe name")
+    need(isinstance(d["methods"], dict) and all(isinstance(k, str) and (v is None or isinstance(v, dict))
+                                                for k, v in d["methods"].items()),
+         "methods", "a mapping of label to {ce_weight, terms, teacherless}")
+    need(d.get("pairs") is None or isinstance(d["pairs"], list) and all(_is_names(p, 2) for p in d["pairs"]),
+         "pairs", "a list of [teacher, student] name pairs")
+    need(d.get("models") is None or _is_names(d["models"]), "models", "a list of model names")
+    need(d.get("pair_params") is None or isinstance(d["pair_params"], dict) and all(
+        isinstance(v, dict) and all(isinstance(hp, dict) for hp in v.values()) for v in d["pair_params"].values()),
+         "pair_params", "a mapping of pair to {method: {hyperparameter: value}}")
+    need(d.get("assumed") is None or _is_names(d["assumed"]), "assumed", "a list of text")
+    for k in ("source", "note"):
+        need(isinstance(d.get(k, ""), str), k, "text")
+    need(d.get("table") is None or isinstance(d["table"], str) or _is_names(d["table"]), "table",
+         "a table id or a list of them")
     pairs = [(t, s) for t, s in d.get("pairs") or []] + [(None, m) for m in d.get("models") or []]
     if not pairs:
         raise KDError(f"{path}: no 'pairs' or 'models' listed")
@@ -192,7 +297,15 @@ def _cells_from_file(path: Path, root: Path) -> list[Cell]:
         bad = set(spec) - {"ce_weight", "terms", "teacherless"}
         if bad:
             raise KDError(f"{path}: method '{label}': unknown key(s) {', '.join(sorted(bad))}; valid: ce_weight, terms, teacherless")
-        teacherless = label == "baseline" or bool(spec.get("teacherless"))
+        where = f"{path}: method '{label}'"
+        if not (is_number(spec.get("ce_weight", 1.0)) and spec.get("ce_weight", 1.0) >= 0):
+            raise KDError(f"{where}: ce_weight = {spec['ce_weight']!r}: must be a finite number >= 0")
+        if not isinstance(spec.get("teacherless", False), bool):
+            raise KDError(f"{where}: teacherless = {spec['teacherless']!r}: must be true or false")
+        if not (isinstance(spec.get("terms") or [], list) and all(
+                isinstance(t, dict) and isinstance(t.get("name"), str) and "weight" in t for t in spec.get("terms") or [])):
+            raise KDError(f"{where}: terms must be a list of {{name, weight, ...}} mappings")
+        teacherless = label == "baseline" or spec.get("teacherless", False)
         mine = [(t, s) for t, s in pairs if (t is None) == teacherless]
         if not mine:
             raise KDError(f"{path}: method '{label}' has no cells: methods with a teacher run on 'pairs', "
@@ -202,10 +315,10 @@ def _cells_from_file(path: Path, root: Path) -> list[Cell]:
             per_pair = (d.get("pair_params") or {}).get(key, {})
             terms = tuple({**t, **per_pair.get(t["name"], {})} for t in spec.get("terms") or [])
             for t in terms:
-                if "name" not in t or "weight" not in t:
-                    raise KDError(f"{path}: method '{label}': every term needs 'name' and 'weight'")
+                if not is_number(t["weight"]):
+                    raise KDError(f"{where}: term '{t['name']}': weight = {t['weight']!r}: must be a finite number")
             for n in (label, student, teacher or "x", d["dataset"], d["recipe"]):
-                if not _NAME.match(str(n)):
+                if not _NAME.match(n):
                     raise KDError(f"{path}: '{n}' is not a valid name (letters, digits, _ . + -)")
             out.append(Cell(d["dataset"], label, student, teacher, d["recipe"],
                             ce_weight=float(spec.get("ce_weight", 1.0)), terms=terms,
@@ -214,9 +327,52 @@ def _cells_from_file(path: Path, root: Path) -> list[Cell]:
     return out
 
 
-def validate(cell: Cell, root: Path = BENCHMARKS) -> None:
-    """Every name of the cell resolves: dataset, models, methods, recipe. Checked against the name
-    sets of kd.names (equal to the registries, see its docstring), so no torch import is needed."""
+def _fits(v, hint) -> bool:
+    """Does a YAML value fit a constructor annotation (float, int, bool, str, X | None, list[X])?"""
+    if hint is typing.Any:
+        return True
+    if hint is type(None):
+        return v is None
+    if hint is float:
+        return is_number(v)
+    if hint is int:
+        return is_int(v)
+    if hint in (bool, str):
+        return isinstance(v, hint)
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(v, h) for h in typing.get_args(hint))
+    if origin in (list, tuple):
+        args = typing.get_args(hint)
+        return isinstance(v, (list, tuple)) and (not args or all(_fits(x, args[0]) for x in v))
+    return True                                   # an annotation this check does not know: the method checks
+
+
+def check_hyperparameters(cls, term: dict, where: str) -> None:
+    """Every hyperparameter of a term names a constructor argument of its method and fits its type."""
+    params = dict(inspect.signature(cls.__init__).parameters)
+    params.pop("self", None), params.pop("ctx", None)
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:  # noqa: BLE001 - unresolvable annotations: names are still checked
+        hints = {}
+    open_kw = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    for k, v in term.items():
+        if k in ("name", "weight"):
+            continue
+        if k not in params and not open_kw:
+            raise KDError(f"{where}: unknown hyperparameter '{k}' of method '{term['name']}'; valid: "
+                          f"{', '.join(sorted(n for n, p in params.items() if p.kind is p.POSITIONAL_OR_KEYWORD or p.kind is p.KEYWORD_ONLY)) or 'none'}")
+        if k in hints and not _fits(v, hints[k]):
+            want = str(hints[k]).replace("typing.", "").replace("<class '", "").replace("'>", "")
+            raise KDError(f"{where}: method '{term['name']}': {k} = {v!r}: must be {want}")
+
+
+def validate(cell: Cell, root: Path | None = None, deep: bool = False) -> None:
+    """Every name of the cell resolves (dataset, models, methods, recipes), checked against the name
+    sets of kd.names (equal to the registries, see its docstring: no torch import, so `kd list` stays
+    fast). deep=True, for a cell about to run, also checks every method hyperparameter's name and type
+    against the method's constructor (this imports the methods)."""
     from kd import names
     names.check("dataset", cell.dataset.split("-")[0])
     names.check("model", cell.student)
@@ -224,11 +380,18 @@ def validate(cell: Cell, root: Path = BENCHMARKS) -> None:
         names.check("model", cell.teacher)
     for t in cell.terms:
         names.check("method", t["name"])
-    load_recipe(cell.recipe, root)
+        if deep:
+            import kd.methods  # noqa: F401  (fills the registry)
+            from kd.registry import METHODS
+            check_hyperparameters(METHODS.get(t["name"]), t, f"cell {cell.id}" + (f" ({cell.file})" if cell.file else ""))
+    recipe = load_recipe(cell.recipe, root)
+    if cell.teacher and recipe.teacher_recipe:
+        load_recipe(recipe.teacher_recipe, root)
 
 
-def load_cells(root: Path = BENCHMARKS, check: bool = True) -> dict[str, Cell]:
+def load_cells(root: Path | None = None, check: bool = True) -> dict[str, Cell]:
     """All cells of all benchmark files, keyed by id, teachers added. Duplicate ids are errors."""
+    root = root or BENCHMARKS
     cells: dict[str, Cell] = {}
     for path in sorted(root.rglob("*.yaml")):
         if "recipes" in path.relative_to(root).parts:
@@ -247,11 +410,12 @@ def load_cells(root: Path = BENCHMARKS, check: bool = True) -> dict[str, Cell]:
     return cells
 
 
-def find_cell(cid: str, root: Path = BENCHMARKS) -> Cell:
+def find_cell(cid: str, root: Path | None = None) -> Cell:
     """The cell `cid`, its names validated (all files are parsed; only this cell's names resolved)."""
+    root = root or BENCHMARKS
     cells = load_cells(root, check=False)
     if cid in cells:
-        validate(cells[cid], root)
+        validate(cells[cid], root, deep=True)
         return cells[cid]
     import difflib
     close = difflib.get_close_matches(cid, list(cells), n=3, cutoff=0.5)

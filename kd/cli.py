@@ -1,6 +1,7 @@
 """`kd` command line: run cells, list them, import teachers, run the embedded demo.
 
 Every user error is one line on stderr (`kd: error: ...`) and exit status 2; nothing is written.
+Arguments are checked (seeds, device, overrides, output folders) before anything runs.
 """
 from __future__ import annotations
 
@@ -10,6 +11,57 @@ import sys
 from pathlib import Path
 
 from kd.errors import KDError
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (`kd: error: ...`), exit 2, like every other error."""
+
+    def error(self, message):
+        print(f"kd: error: {self.prog}: {message} (see `{self.prog} --help`)", file=sys.stderr)
+        raise SystemExit(2)
+
+
+def _device(name: str | None) -> str | None:
+    """A device this machine has: cpu, cuda[:k] (with a GPU k), mps; None picks cuda when available."""
+    if name is None:
+        return None
+    import torch
+    try:
+        d = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        raise KDError(f"--device {name!r}: not a device; use cpu, cuda, cuda:1 ...") from None
+    if d.type == "cuda":
+        n = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if n == 0:
+            raise KDError(f"--device {name}: no CUDA GPU is available on this machine; use --device cpu")
+        if d.index is not None and d.index >= n:
+            raise KDError(f"--device {name}: this machine has {n} CUDA device(s) (cuda:0..cuda:{n - 1})")
+    elif d.type == "mps":
+        if not torch.backends.mps.is_available():
+            raise KDError(f"--device {name}: MPS is not available on this machine; use --device cpu")
+    elif d.type != "cpu":
+        raise KDError(f"--device {name}: unsupported device type '{d.type}'; use cpu, cuda or mps")
+    return name
+
+
+def _check_run_args(a) -> dict:
+    """Seeds, device and overrides of `kd run` / `kd table`, checked before anything runs."""
+    from kd.cells import FieldError, check_override, check_seed
+    for seed in a.seed:
+        check_seed(seed, "--seed")
+    a.device = _device(a.device)
+    ov = {k: v for k, v in {"epochs": a.epochs, "batch_size": a.batch_size, "lr": a.lr, "subset": a.subset}.items()
+          if v is not None}
+    if getattr(a, "precision", None):
+        ov["precision"] = a.precision                 # choices checked by argparse
+    for k, v in ov.items():
+        if k == "precision":
+            continue
+        try:
+            check_override(k, v)
+        except FieldError as e:
+            raise KDError(f"--{k.replace('_', '-')}: {e}") from None
+    return ov
 
 
 def _common(p: argparse.ArgumentParser):
@@ -54,8 +106,8 @@ def cmd_run(a):
     from kd.cells import find_cell, load_recipe
     from kd.ids import cell_id
     from kd.results import recorded_seeds, results_root
+    ov = _check_run_args(a)
     cell = find_cell(a.cell)
-    ov = {"epochs": a.epochs, "batch_size": a.batch_size, "lr": a.lr, "subset": a.subset, "precision": a.precision}
     cid = cell_id(cell.dataset, cell.label, cell.student, cell.teacher, load_recipe(cell.recipe).with_overrides(**ov).id)
     done = set() if a.force else recorded_seeds(cid, a.results)
     for seed in [s for s in a.seed if s in done]:
@@ -117,7 +169,7 @@ def cmd_import_teacher(a):
           f"test top-1 {rec['top1_last']:.2f}, top-5 {rec['top5_last']:.2f} (result line marked imported)")
 
 
-def _compare(results=None, only: list[str] | None = None):
+def _compare(results=None, only: list[str] | None = None, strict: bool = False):
     from kd.compare import compare, extras
     from kd.reftables import load_all
     from kd.results import read_records
@@ -126,7 +178,7 @@ def _compare(results=None, only: list[str] | None = None):
     if only and len(tables) != len(set(only)):
         known = {t.id for t in load_all(REFERENCE_TABLES)}
         raise KDError(f"unknown table(s) {', '.join(sorted(set(only) - known))}; valid: {', '.join(sorted(known))}")
-    records = read_records(Path(results) if results else None)
+    records = read_records(results, strict=strict)
     rows = compare(tables, records)
     return tables, records, rows, extras(tables, records)
 
@@ -134,7 +186,7 @@ def _compare(results=None, only: list[str] | None = None):
 def cmd_compare(a):
     from tabulate import tabulate
     from kd.compare import check, summary
-    tables, records, rows, extra = _compare(a.results, a.table)
+    tables, records, rows, extra = _compare(a.results, a.table, strict=a.check)
     judged = [r for r in rows if r.verdict != "missing"]
     if judged:
         print(tabulate([[r.table_id, r.row, r.column, r.published, f"{r.ours:.2f}" if r.ours is not None else "-",
@@ -146,8 +198,10 @@ def cmd_compare(a):
     if extra:
         print(f"{len({r.cell_id for r in extra})} result cells are named by no reference table")
     if a.check:
+        # A check passes only on evidence: every entry with runs has an ok one, and something was judged.
         bad = check(rows)
         from kd.compare import FAILING, gain_fails
+        all_failed = [r for r in rows if r.n == 0 and r.n_failed > 0 and not r.erratum]
         for r in bad:
             if r.verdict in FAILING:
                 print(f"FAIL {r.table_id} | {r.row} | {r.column}: ours {r.ours:.2f} vs {r.published} "
@@ -156,25 +210,35 @@ def cmd_compare(a):
                 g_ours, g_pub = (round(g, 2) + 0.0 for g in (r.gain_ours, r.gain_published))     # no "-0.00"
                 print(f"FAIL {r.table_id} | {r.row} | {r.column}: gain over the baseline row ours "
                       f"{g_ours:+.2f} vs {g_pub:+.2f} (tolerance {r.gain_tolerance})", file=sys.stderr)
-        if bad:
-            raise SystemExit(1)
+        for r in all_failed:
+            print(f"FAIL {r.table_id} | {r.row} | {r.column}: every run failed ({r.n_failed} failed, none ok)",
+                  file=sys.stderr)
+        if not judged:
+            print(f"FAIL nothing was judged: no ok result line matches an entry of the {len(tables)} selected table(s)",
+                  file=sys.stderr)
+        if bad or all_failed or not judged:
+            return 1
         gains = sum(r.gain_verdict is not None for r in rows)
         print(f"check passed: {len(judged)} judged entries and {gains} gains over the baseline row within tolerance")
 
 
 def cmd_report(a):
     from kd.report import write_reports
-    tables, records, rows, extra = _compare(a.results, a.table)
     from kd.results import results_root
+    from kd.store import check_writable
     out = Path(a.out or results_root(a.results) / "reports")
-    paths = write_reports(tables, rows + extra, out, n_results=len(records), records=records)
+    check_writable(out, "report folder", folder=True)
+    tables, records, rows, extra = _compare(a.results, a.table)
+    try:
+        paths = write_reports(tables, rows + extra, out, n_results=len(records), records=records)
+    except OSError as e:
+        raise KDError(f"cannot write reports under {out}: {e.strerror or e}") from None
     print(f"wrote {len(paths)} files under {out} (open {out / 'index.html'})")
 
 
 def cmd_table(a):
     from kd.table import run_table
-    ov = {"epochs": a.epochs, "batch_size": a.batch_size, "lr": a.lr, "subset": a.subset}
-    ov = {k: v for k, v in ov.items() if v is not None}
+    ov = _check_run_args(a)
     _logging(a)
     run_table(a.name, a.seed, ov, progress=not a.no_progress, device=a.device, data_root=a.data_root,
               store=a.store, results_dir=a.results, execution=_execution(a))
@@ -184,13 +248,15 @@ def cmd_table(a):
 
 def cmd_demo(a):
     from kd.demo import demo
+    if not 1 <= a.seeds <= 1000:
+        raise KDError(f"--seeds {a.seeds}: must be a whole number in [1, 1000]")
     _logging(a)
     demo(seeds=a.seeds, results=a.results, store=a.store, progress=not a.no_progress)
 
 
 def main(argv: list[str] | None = None) -> int:
     import kd
-    p = argparse.ArgumentParser(prog="kd", description="Knowledge-distillation benchmark suite")
+    p = _Parser(prog="kd", description="Knowledge-distillation benchmark suite")
     p.add_argument("--version", action="version", version=f"kd {kd.__version__}")
     sub = p.add_subparsers(dest="cmd", required=True)
 
@@ -274,16 +340,18 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--results", help="speed lines go to <results>/speed/bench.jsonl")
     b.set_defaults(fn=cmd_bench)
 
-    a = p.parse_args(argv)
     try:
-        a.fn(a)
+        a = p.parse_args(argv)
+    except SystemExit as e:               # --help (0) or a usage error (2, one line: _Parser.error)
+        return e.code if isinstance(e.code, int) else 2
+    try:
+        return a.fn(a) or 0
     except KDError as e:
         print(f"kd: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("kd: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
-    return 0
 
 
 if __name__ == "__main__":

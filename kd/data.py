@@ -14,6 +14,7 @@ import hashlib
 import os
 import pickle
 import re
+import tempfile
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -86,7 +87,15 @@ def apply_variant(ds: Dataset, variant: str, seed: int = 0) -> Dataset:
     if not m:
         raise KDError(f"unknown dataset variant '{variant}'; valid: noisy<rate>, imb<gamma>, sub<n>, test<n>, "
                       f"e.g. cifar10-noisy0.2")
-    kind, val = m.group(1), float(m.group(2))
+    kind = m.group(1)
+    try:
+        val = float(m.group(2))
+    except ValueError:
+        raise KDError(f"dataset variant '{variant}': '{m.group(2)}' is not a number") from None
+    if kind in ("sub", "test") and (val != int(val) or val < 1):
+        raise KDError(f"dataset variant '{variant}': the size must be a whole number >= 1")
+    if kind == "imb" and not val > 0:
+        raise KDError(f"dataset variant '{variant}': the imbalance gamma must be > 0")
     g = torch.Generator().manual_seed(seed)
     if kind == "noisy":
         if not 0 <= val < 1:
@@ -149,14 +158,68 @@ def _to_tensors(x: np.ndarray, y) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.from_numpy(np.ascontiguousarray(x, dtype=np.uint8)), torch.as_tensor(np.asarray(y), dtype=torch.long)
 
 
+class _BatchUnpickler(pickle.Unpickler):
+    """Admits only what the CIFAR python batches contain: builtin containers, bytes, str, int
+    (no globals needed) and numpy arrays (numpy's array reconstructors, ndarray, dtype), plus
+    _codecs.encode, with which Python 3 writes bytes into protocol-2 pickles (a copy re-pickled by
+    Python 3). Any other global (os.system, builtins.eval, ...) is refused, so a crafted batch
+    cannot run code. The pattern of the Python docs' "Restricting Globals"."""
+    ALLOWED = {("_codecs", "encode"),
+               ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+               ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+               ("numpy", "ndarray"), ("numpy", "dtype")}
+
+    def find_class(self, module, name):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refused global {module}.{name}")
+
+
+def read_cifar_batch(f: Path, label_key: str) -> tuple[np.ndarray, list[int]]:
+    """One CIFAR python batch: (uint8 images (N, 3, 32, 32), labels), read with the restricted
+    unpickler and checked for shape and type; anything else is a one-line KDError."""
+    try:
+        with open(f, "rb") as fh:
+            entry = _BatchUnpickler(fh, encoding="latin1").load()
+    except (OSError, EOFError, pickle.UnpicklingError, ValueError, TypeError, AttributeError, IndexError,
+            KeyError, MemoryError, RecursionError) as e:
+        raise KDError(f"{f}: not a readable CIFAR python batch ({type(e).__name__}: {str(e)[:120]}); "
+                      f"re-extract the archive") from None
+    x = entry.get("data") if isinstance(entry, dict) else None
+    y = entry.get(label_key) if isinstance(entry, dict) else None
+    if not (isinstance(x, np.ndarray) and x.ndim == 2 and x.shape[1] == 3072 and isinstance(y, list)
+            and len(y) == len(x) and all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in y)):
+        raise KDError(f"{f}: not a CIFAR python batch (expected 'data' N x 3072 and {len(x) if x is not None else 'N'} "
+                      f"integer '{label_key}'); re-extract the archive")
+    return np.asarray(x, dtype=np.uint8).reshape(-1, 3, 32, 32), y
+
+
+def _download(url: str, md5: str, root: Path) -> None:
+    """Fetch and extract a standard archive, verified against its published md5 (the value
+    torchvision's dataset classes check). Offline: nothing happens (the caller reports what is
+    missing). A download that fails its checksum is deleted and refused, never extracted."""
+    from torchvision.datasets.utils import check_integrity, download_url, extract_archive
+    archive = root / url.rsplit("/", 1)[-1]
+    try:
+        download_url(url, str(root), md5=None)
+    except Exception:  # noqa: BLE001 - offline or refused: the caller says what is missing
+        return
+    if not check_integrity(str(archive), md5):
+        archive.unlink(missing_ok=True)
+        raise KDError(f"{url}: the downloaded archive fails its md5 check (expected {md5}); deleted, nothing extracted")
+    extract_archive(str(archive), str(root))
+
+
+CIFAR_MD5 = {  # torchvision.datasets.CIFAR10/CIFAR100 tgz_md5
+    "https://www.cs.toronto.edu/~kriz/cifar-10-python.tar.gz": "c58f30108f718f92721af3b95e74349a",
+    "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz": "eb9058c3a382ffc7106e4002c42a8d85",
+}
+
+
 def _cifar(root: Path, folder: str, files: tuple[list[str], list[str]], label_key: str, url: str):
     d = root / folder
-    if not d.is_dir():
-        try:  # online machines fetch the standard archive; offline ones get the error below
-            from torchvision.datasets.utils import download_and_extract_archive
-            download_and_extract_archive(url, str(root))
-        except Exception:
-            pass
+    if not d.is_dir():  # online machines fetch the standard archive; offline ones get the error below
+        _download(url, CIFAR_MD5[url], root)
     if not d.is_dir():
         raise _missing(d, f"download {url} and extract it into the data root")
     out = []
@@ -166,10 +229,9 @@ def _cifar(root: Path, folder: str, files: tuple[list[str], list[str]], label_ke
             f = d / n
             if not f.is_file():
                 raise _missing(f, f"re-extract {url} into the data root")
-            with open(f, "rb") as fh:
-                entry = pickle.load(fh, encoding="latin1")
-            xs.append(np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32))
-            ys.extend(entry[label_key])
+            x, y = read_cifar_batch(f, label_key)
+            xs.append(x)
+            ys.extend(y)
         out.append(_to_tensors(np.concatenate(xs), ys))
     return out
 
@@ -196,9 +258,13 @@ def _svhn_split(root: Path, split: str):
     if not f.is_file():
         raise _missing(f, f"download http://ufldl.stanford.edu/housenumbers/{split}_32x32.mat into <data root>/svhn/")
     from scipy.io import loadmat
-    m = loadmat(str(f))
-    x = np.transpose(m["X"], (3, 2, 0, 1))          # (H, W, C, N) -> (N, C, H, W)
-    y = m["y"].astype(np.int64).flatten() % 10       # SVHN stores digit 0 as label 10
+    try:
+        m = loadmat(str(f))
+        x = np.transpose(m["X"], (3, 2, 0, 1))          # (H, W, C, N) -> (N, C, H, W)
+        y = m["y"].astype(np.int64).flatten() % 10       # SVHN stores digit 0 as label 10
+    except Exception as e:  # noqa: BLE001 - any unreadable or foreign .mat gets the same one-line refusal
+        raise KDError(f"{f}: not a readable SVHN .mat file ({type(e).__name__}: {str(e)[:120]}); "
+                      f"download it again") from None
     return _to_tensors(x, y)
 
 
@@ -232,11 +298,14 @@ def read_image_folder(d: Path, size: int | None = None) -> tuple[torch.Tensor, t
     for label, c in enumerate(classes):
         for f in sorted((d / c).iterdir()):
             if f.suffix.lower() in IMAGE_EXTS:
-                with Image.open(f) as im:
-                    im = im.convert("RGB")
-                    if size and im.size != (size, size):
-                        im = im.resize((size, size), Image.BILINEAR)
-                    xs.append(np.asarray(im, dtype=np.uint8).transpose(2, 0, 1))
+                try:
+                    with Image.open(f) as im:
+                        im = im.convert("RGB")
+                        if size and im.size != (size, size):
+                            im = im.resize((size, size), Image.BILINEAR)
+                        xs.append(np.asarray(im, dtype=np.uint8).transpose(2, 0, 1))
+                except Exception as e:  # noqa: BLE001 - unreadable, truncated or not an image
+                    raise KDError(f"{f}: not a readable image ({type(e).__name__}: {str(e)[:120]})") from None
                 ys.append(label)
     if not xs:
         raise _missing(d, "no images found")
@@ -252,13 +321,17 @@ def _cached_folder(d: Path, size: int | None):
         z = np.load(cache)
         return torch.from_numpy(z["x"]), torch.from_numpy(z["y"]), list(z["classes"])
     x, y, classes = read_image_folder(d, size)
+    tmp = None
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        tmp = cache.with_suffix(".tmp.npz")
-        np.savez(tmp, x=x.numpy(), y=y.numpy(), classes=np.array(classes))
+        fd, tmp = tempfile.mkstemp(prefix=f".{cache.stem}.", suffix=".npz", dir=cache.parent)  # private to this process
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, x=x.numpy(), y=y.numpy(), classes=np.array(classes))
         os.replace(tmp, cache)
     except OSError:
-        pass  # unwritable cache: decode again next time
+        if tmp:
+            Path(tmp).unlink(missing_ok=True)
+        # unwritable cache: decode again next time
     return x, y, classes
 
 

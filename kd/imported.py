@@ -15,7 +15,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import platform
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -30,8 +29,8 @@ def import_teacher(cell, src: Path, sha256: str, *, data_root=None, store=None, 
     from kd.cells import load_recipe
     from kd.data import load_dataset
     from kd.results import SCHEMA, append_record, results_file
-    from kd.train import (_device_name, _git, _versions, build_model, checkpoint_path, evaluate, load_checkpoint,
-                          sha256_file, store_root)
+    from kd.store import checkpoint_path, install_checkpoint, load_checkpoint, run_lock, sha256_file, store_root
+    from kd.train import _device_name, _git, _versions, build_model, evaluate
     if cell.label != "baseline" or cell.teacher:
         raise KDError(f"{cell.id} is not a teacher cell (expected dataset/baseline/<model>/<recipe>)")
     src = Path(src)
@@ -41,7 +40,8 @@ def import_teacher(cell, src: Path, sha256: str, *, data_root=None, store=None, 
     if digest != sha256.lower():
         raise KDError(f"{src}: sha256 is {digest}, not the {sha256} you gave; nothing imported")
     recipe = load_recipe(cell.recipe)
-    dst = checkpoint_path(cell.id, recipe.teacher_seed, store_root(store))
+    store = store_root(store)
+    dst = checkpoint_path(cell.id, recipe.teacher_seed, store)
     if dst.is_file() and not force:
         old = dst.with_suffix(".sha256")
         old = old.read_text().split()[0][:12] + "…" if old.is_file() else "no sha256"
@@ -55,9 +55,8 @@ def import_teacher(cell, src: Path, sha256: str, *, data_root=None, store=None, 
     data = ds.on_device(dev)
     top1, top5 = evaluate(model.to(dev), [], data)
     wall = time.perf_counter() - t0
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(src, dst)
-    dst.with_suffix(".sha256").write_text(f"{digest}  imported from {src.resolve()}\n")
+    with run_lock(store, cell.id, recipe.teacher_seed):          # not while a run trains this teacher
+        install_checkpoint(src, dst, digest, f"imported from {src.resolve()}")
     rec = {"schema": SCHEMA, "cell_id": cell.id, "dataset": cell.dataset, "label": cell.label,
            "student": cell.student, "teacher": None, "recipe": recipe.id, "seed": recipe.teacher_seed,
            "status": "ok", "top1_last": round(top1, 4), "top5_last": round(top5, 4), "top1_best": round(top1, 4),

@@ -7,7 +7,7 @@ metric), and ``kd.ids.cell_id`` turns that into the id shared with cells, result
 
 Merge order for an entry's fields: table ``defaults`` < column < row (a row's ``note`` is appended to the
 column's instead of replacing it). Every problem (bad YAML, unknown key or name, wrong grid shape,
-unparsable cell) raises ``KDError("<file>:<line>: ...")``. Only ``yaml.safe_load`` is used.
+unparsable cell) raises ``KDError("<file>:<line>: ...")``. Only ``yaml.safe_load`` (kd.yamlsafe.StrictLoader) is used.
 """
 from __future__ import annotations
 
@@ -18,6 +18,7 @@ from pathlib import Path
 import yaml
 
 from kd.errors import KDError
+from kd.yamlsafe import StrictLoader
 from kd.ids import cell_id
 
 # Names the other parts of the suite register; a reference entry may use nothing else.
@@ -247,11 +248,11 @@ def load_table(path) -> RefTable:
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
-    except OSError as e:
+    except (OSError, UnicodeDecodeError) as e:
         raise _err(path, None, f"cannot read: {e}") from None
     lines = text.splitlines()
     try:
-        d = yaml.safe_load(text)
+        d = yaml.load(text, Loader=StrictLoader)   # safe_load, refusing duplicate keys and aliases
     except yaml.YAMLError as e:
         mark = getattr(e, "problem_mark", None) or getattr(e, "context_mark", None)
         line = mark.line + 1 if mark is not None else None

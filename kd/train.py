@@ -35,10 +35,8 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
-import hashlib
 import json
 import math
-import os
 import platform
 import subprocess
 import sys
@@ -58,58 +56,10 @@ from kd.ids import cell_id
 from kd.methods.base import Context, Method, Stage, Step
 from kd.registry import METHODS, MODELS
 from kd.results import SCHEMA, append_record, results_file
+from kd.store import (check_writable, checkpoint_path, config_digest, load_checkpoint, load_state, run_lock,
+                      save_checkpoint, save_state, state_path, store_root)
 
 REPO = Path(__file__).resolve().parent.parent
-
-
-def store_root(override: str | os.PathLike | None = None) -> Path:
-    """Where checkpoints and resumable run states live (--store, KD_STORE, default ./checkpoints)."""
-    return Path(override or os.environ.get("KD_STORE", "checkpoints"))
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _safe(cid: str) -> str:
-    return cid.replace("/", "__").replace("~", "@")
-
-
-def checkpoint_path(cid: str, seed: int, store: Path) -> Path:
-    return store / _safe(cid) / f"seed{seed}.pt"
-
-
-def save_checkpoint(model: nn.Module, path: Path, source: str = "trained") -> str:
-    """Plain state_dict + a sidecar with its sha256; returns the sha256."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save({k: v.contiguous() for k, v in model.state_dict().items()}, tmp)   # canonical layout: the
-    # bytes (and sha256) do not depend on the memory format the model trained in
-    os.replace(tmp, path)
-    digest = sha256_file(path)
-    path.with_suffix(".sha256").write_text(f"{digest}  {source}\n")
-    return digest
-
-
-def load_checkpoint(model: nn.Module, path: Path, expected_sha256: str | None = None) -> str:
-    """Verify the sha256 (against `expected_sha256`, else the sidecar), then load strictly with
-    weights_only=True. Returns the digest."""
-    from kd.models import load_weights
-    if not path.is_file():
-        raise KDError(f"checkpoint not found: {path}")
-    digest = sha256_file(path)
-    side = path.with_suffix(".sha256")
-    want = expected_sha256 or (side.read_text().split()[0] if side.is_file() else None)
-    if want is None:
-        raise KDError(f"{path}: no sha256 recorded; import it with `kd import-teacher` and its checksum")
-    if digest != want.lower():
-        raise KDError(f"{path}: sha256 mismatch (file {digest[:12]}…, expected {want[:12]}…); refusing to use it")
-    load_weights(model, path)
-    return digest
 
 
 def build_model(name: str, num_classes: int) -> nn.Module:
@@ -239,16 +189,25 @@ class Run:
         self.data_root, self.store = data_root, store_root(store)
         self.results_dir = Path(results_dir) if results_dir else None
         self.progress, self.log = progress, log
-        self.state_path = self.store / "runs" / _safe(self.id) / f"seed{seed}.state.pt"
+        self.state_path = state_path(self.id, seed, self.store)
+        self.digest = config_digest(cell, recipe, seed)      # stored with the resume state, checked on resume
         self.teacher_id, self.git = None, None
 
     def run(self, stop_after_epochs: int | None = None) -> dict:
+        # Before anything trains or is written: the results file and the store can be written, a
+        # resume state left in the store belongs to this very configuration, the data reads; then
+        # no other process may train this (cell, seed) until its record is appended (kd.store).
+        check_writable(results_file(self.cell.dataset, self.results_dir), "results file", folder=False)
+        check_writable(self.store, "checkpoint store", folder=True)
+        load_state(self.state_path, self.digest)
         self.load_data()
-        teacher, sha, self.teacher_id = get_teacher(
-            self.cell, self.recipe, self.ds.num_classes, self.device, data_root=self.data_root, store=self.store,
-            results_dir=self.results_dir, progress=self.progress, log=self.log, execution=self.execution)
-        self.build(teacher, sha)
-        return self.train(stop_after_epochs)
+        with run_lock(self.store, self.id, self.seed):
+            teacher, sha, self.teacher_id = get_teacher(
+                self.cell, self.recipe, self.ds.num_classes, self.device, data_root=self.data_root, store=self.store,
+                results_dir=self.results_dir, progress=self.progress, log=self.log,
+                execution=self.execution)
+            self.build(teacher, sha)
+            return self.train(stop_after_epochs)
 
     # -- building -------------------------------------------------------------------------------
     def load_data(self):
@@ -387,19 +346,11 @@ class Run:
 
     # -- checkpoint/resume ----------------------------------------------------------------------
     def _save_state(self, state: dict):
-        self.state_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.state_path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self.state_path)
+        save_state(self.state_path, state, self.digest, self.teacher_sha)
 
     def _load_state(self) -> dict | None:
-        if not self.state_path.is_file():
-            return None
-        try:
-            return torch.load(self.state_path, map_location=self.device, weights_only=True)
-        except Exception as e:  # a truncated or foreign file: start over, say so
-            self.log(f"ignoring unreadable resume state {self.state_path}: {type(e).__name__}")
-            return None
+        """The resume state, refused (KDError) when written under another configuration or teacher."""
+        return load_state(self.state_path, self.digest, self.teacher_sha, check_teacher=True, map_location=self.device)
 
     # -- the run --------------------------------------------------------------------------------
     def train(self, stop_after_epochs: int | None = None) -> dict:

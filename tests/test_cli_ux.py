@@ -279,7 +279,8 @@ def test_run_skips_a_recorded_seed_unless_forced(isolated, capsys, monkeypatch):
 def test_import_teacher_evaluates_records_and_refuses_to_replace(isolated, capsys):
     import torch
 
-    from kd.train import build_model, sha256_file
+    from kd.store import sha256_file
+    from kd.train import build_model
     torch.manual_seed(0)
     f = isolated / "teacher.pt"
     torch.save(build_model("tiny_t", 10).state_dict(), f)

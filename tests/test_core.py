@@ -14,7 +14,8 @@ from kd.cells import Cell, find_cell, load_cells, load_recipe, read_yaml
 from kd.data import DeviceData, apply_variant, imbalance_counts, load_dataset
 from kd.errors import KDError
 from kd.results import append_record, read_records
-from kd.train import checkpoint_path, run_cell, sha256_file
+from kd.store import checkpoint_path, sha256_file
+from kd.train import run_cell
 
 REPO = Path(__file__).resolve().parent.parent
 KD = [sys.executable, "-m", "kd.cli"]
@@ -129,7 +130,8 @@ def test_bad_cell_files_fail_with_file_and_line(tmp_path):
 def _append_many(args):
     path, k = args
     for i in range(50):
-        append_record({"cell_id": f"w{k}", "seed": i, "pad": "x" * 5000}, Path(path))
+        append_record({"schema": 1, "cell_id": f"d/l/m/w{k}", "seed": i, "status": "failed", "pad": "x" * 5000},
+                      Path(path))
 
 
 def test_concurrent_appends_never_lose_or_corrupt_lines(tmp_path):

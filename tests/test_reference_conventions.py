@@ -21,7 +21,8 @@ from kd.errors import KDError
 from kd.methods.base import Context, Step
 from kd.registry import METHODS
 from kd.execution import Execution
-from kd.train import Run, build_model, checkpoint_path, freeze, run_cell, sha256_file
+from kd.store import checkpoint_path, sha256_file
+from kd.train import Run, build_model, freeze, run_cell
 
 CPU = torch.device("cpu")
 
