@@ -76,10 +76,31 @@ class Recipe:
     teacher_seed: int = 0                # which seed's teacher checkpoint the students use
     data_seed: int = 0                   # seed of dataset variants (noise, imbalance, subset)
     amp: bool = False                    # bf16 autocast on CUDA
+    sync_bn: bool = False                # multi-GPU (kd.dist): SyncBatchNorm instead of per-rank BatchNorm
+    lr_scaling: str = "none"             # LR rule for the global batch: none | linear (see lr_factor)
+    lr_reference_batch: int | None = None   # the batch the recipe's lr is for (needed by linear)
     description: str = ""
     source: str = ""
     assumed: tuple = ()
     overrides: dict = field(default_factory=dict)      # set by with_overrides; part of the id
+
+    def __post_init__(self):
+        if self.lr_scaling not in ("none", "linear"):
+            raise KDError(f"recipe {self.name}: lr_scaling must be none or linear, got {self.lr_scaling!r}")
+        if self.lr_scaling == "linear" and not (isinstance(self.lr_reference_batch, int) and self.lr_reference_batch > 0):
+            raise KDError(f"recipe {self.name}: lr_scaling linear needs lr_reference_batch (the batch its lr is for)")
+
+    @property
+    def lr_factor(self) -> float:
+        """The LR rule for the global batch, explicit in the recipe and recorded with every result:
+        'none' keeps the lr whatever the batch and the number of GPUs (RepDistiller, CRD, DKD: one
+        GPU; torchdistill without -adjust_lr); 'linear' multiplies it by batch_size /
+        lr_reference_batch (Goyal et al. 2017, torchdistill's -adjust_lr for its per-GPU batch).
+        The global batch is batch_size, whatever the world size, so more GPUs alone never change it.
+        It scales the main training LR (lr, lr_by_student), not a method's own pre-training stage LR."""
+        if self.lr_scaling == "linear":
+            return self.batch_size / self.lr_reference_batch
+        return 1.0
 
     @property
     def id(self) -> str:
@@ -88,7 +109,7 @@ class Recipe:
         return self.name + "~" + ",".join(f"{k}={v}" for k, v in sorted(self.overrides.items()))
 
     def lr_for(self, student: str) -> float:
-        return float(self.lr_by_student.get(student, self.lr))
+        return float(self.lr_by_student.get(student, self.lr)) * self.lr_factor
 
     def with_overrides(self, **ov) -> "Recipe":
         """Quick-check overrides (epochs, batch_size, lr, subset). Changing epochs scales the LR

@@ -20,16 +20,43 @@ def _common(p: argparse.ArgumentParser):
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
+def _executor_flags(p: argparse.ArgumentParser):
+    g = p.add_argument_group("cluster (--executor slurm; see README 'Running a whole table on a cluster')")
+    g.add_argument("--executor", choices=["local", "slurm"], default="local",
+                   help="local: train here (default); slurm: submit job arrays through submitit and return")
+    g.add_argument("--slurm-config", help="YAML file of Slurm options (flags below win)")
+    g.add_argument("--partition"), g.add_argument("--account"), g.add_argument("--qos")
+    g.add_argument("--gpus-per-job", type=int, help="GPUs per run (>1: one data-parallel job, kd.dist)")
+    g.add_argument("--cpus-per-task", type=int, help="CPUs per task (one task per GPU)")
+    g.add_argument("--mem-gb", type=float), g.add_argument("--time-min", type=int, help="time limit per job")
+    g.add_argument("--sbatch", action="append", metavar="KEY=VALUE", help="extra sbatch flag (repeatable)")
+
+
+def _submit(a, cells, seeds, ov) -> bool:
+    """--executor slurm: submit and return True; local: False."""
+    if a.executor != "slurm":
+        return False
+    from kd.executor import options_from_args, submit_cells
+    submit_cells(cells, seeds, {k: v for k, v in ov.items() if v is not None}, options_from_args(a),
+                 data_root=a.data_root, store=a.store, results_dir=a.results, device=a.device)
+    return True
+
+
 def cmd_run(a):
     from kd.cells import find_cell
+    from kd.dist import launch_rank
     from kd.train import run_cell
     cell = find_cell(a.cell)
     ov = {"epochs": a.epochs, "batch_size": a.batch_size, "lr": a.lr, "subset": a.subset}
+    if _submit(a, [cell], a.seed, ov):
+        return
     for seed in a.seed:
         rec = run_cell(cell, seed, device=a.device, overrides=ov, data_root=a.data_root, store=a.store,
                        results_dir=a.results, progress=not a.no_progress)
-        print(f"{rec['cell_id']} seed {seed}: top-1 last {rec['top1_last']:.2f} best {rec['top1_best']:.2f} "
-              f"(epoch {rec['best_epoch']}), {rec['images_per_s']} img/s on {rec['device']}")
+        if launch_rank() == 0:           # under torchrun: one summary, from rank 0
+            print(f"{rec['cell_id']} seed {seed}: top-1 last {rec['top1_last']:.2f} best {rec['top1_best']:.2f} "
+                  f"(epoch {rec['best_epoch']}), {rec['images_per_s']} img/s on {rec['device']}"
+                  + (f", {rec['world_size']} processes" if rec.get("world_size", 1) > 1 else ""))
 
 
 def cmd_list(a):
@@ -45,8 +72,15 @@ def cmd_list(a):
     for r in read_records(Path(a.results) if a.results else None):
         if r.get("status") == "ok":
             done.setdefault(r["cell_id"], []).append(r["seed"])
+    states: dict[str, dict[int, str]] = {}
+    if a.status:                     # runs' states, including submitted jobs and runs with overrides
+        from kd.executor import run_states
+        for (cid, seed), st in run_states(a.store, Path(a.results) if a.results else None).items():
+            if cid.split("~")[0] in cells:
+                states.setdefault(cid, {})[seed] = st["state"]
     rows = []
-    for cid, c in sorted(cells.items()):
+    for cid in sorted(set(cells) | set(states)):
+        c = cells[cid.split("~")[0]]
         if a.dataset and c.dataset.split("-")[0] != a.dataset and c.dataset != a.dataset:
             continue
         if a.method and a.method not in c.label.split("+"):
@@ -54,8 +88,13 @@ def cmd_list(a):
         seeds = sorted(done.get(cid, []))
         if a.status == "done" and not seeds or a.status == "missing" and seeds:
             continue
-        rows.append([cid, len(seeds), ",".join(map(str, seeds)) or "-"])
-    print(tabulate(rows, headers=["cell", "runs", "seeds"], tablefmt="simple"))
+        st = states.get(cid, {})
+        if a.status in ("queued", "running", "failed") and a.status not in st.values():
+            continue
+        rows.append([cid, len(seeds), ",".join(map(str, seeds)) or "-"]
+                    + ([" ".join(f"{s}:{v}" for s, v in sorted(st.items())) or "-"] if a.status else []))
+    print(tabulate(rows, headers=["cell", "runs", "seeds"] + (["state (seed:state)"] if a.status else []),
+                   tablefmt="simple"))
     print(f"{len(rows)} cells")
 
 
@@ -129,9 +168,12 @@ def cmd_report(a):
 
 
 def cmd_table(a):
-    from kd.table import run_table
+    from kd.table import plan, run_table, table_by_name
     ov = {"epochs": a.epochs, "batch_size": a.batch_size, "lr": a.lr, "subset": a.subset}
     ov = {k: v for k, v in ov.items() if v is not None}
+    if _submit(a, plan(table_by_name(a.name), ov, a.seed)[0], a.seed, ov):
+        print(f"`kd list --table {a.name} --status` shows progress; `kd report --table {a.name}` when done")
+        return
     run_table(a.name, a.seed, ov, progress=not a.no_progress, device=a.device, data_root=a.data_root,
               store=a.store, results_dir=a.results)
     a.table, a.out = [a.name], None
@@ -155,13 +197,17 @@ def main(argv: list[str] | None = None) -> int:
     r.add_argument("--lr", type=float, help="override: learning rate")
     r.add_argument("--subset", type=int, help="override: train on a seeded subset of N images")
     _common(r)
+    _executor_flags(r)
     r.set_defaults(fn=cmd_run)
 
     l = sub.add_parser("list", help="list cells and their finished runs")
     l.add_argument("--table", help="only the cells of this reference table")
     l.add_argument("--dataset"), l.add_argument("--method")
-    l.add_argument("--status", choices=["done", "missing"])
+    l.add_argument("--status", nargs="?", const="all", choices=["all", "done", "missing", "queued", "running", "failed"],
+                   help="show each seed's state (done/queued/running/failed: results and submitted Slurm jobs); "
+                        "with a state, only cells that have it")
     l.add_argument("--results")
+    l.add_argument("--store", help="checkpoint store, where submitted jobs are tracked (default: $KD_STORE or ./checkpoints)")
     l.set_defaults(fn=cmd_list)
 
     t = sub.add_parser("import-teacher", help="use a teacher checkpoint you have, checked against its sha256")
@@ -194,13 +240,16 @@ def main(argv: list[str] | None = None) -> int:
     for flag, typ in (("--epochs", int), ("--batch-size", int), ("--lr", float), ("--subset", int)):
         tb.add_argument(flag, type=typ, help="override (recorded as another recipe)")
     _common(tb)
+    _executor_flags(tb)
     tb.set_defaults(fn=cmd_table)
 
     a = p.parse_args(argv)
     try:
         a.fn(a)
     except KDError as e:
-        print(f"kd: error: {e}", file=sys.stderr)
+        from kd.dist import launch_rank
+        if launch_rank() == 0:           # under torchrun every rank fails alike: one line, from rank 0
+            print(f"kd: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("kd: interrupted; run the same command again to resume", file=sys.stderr)
