@@ -199,11 +199,10 @@ class Task:
 
 def plan_tasks(cells, seeds: list[int], overrides: dict, store) -> list[Task]:
     """Every (cell, seed) plus the teacher runs they need that are not stored, teachers first."""
-    from kd.cells import load_cells, load_recipe
+    from kd.cells import load_recipe
     from kd.ids import cell_id
     from kd.train import store_root, teacher_run
     store = store_root(store)
-    registered = load_cells(check=False)
     teachers: dict[tuple[str, int], Task] = {}
     rest: list[Task] = []
     for cell in cells:
@@ -214,7 +213,7 @@ def plan_tasks(cells, seeds: list[int], overrides: dict, store) -> list[Task]:
             tcell, trecipe, tid, _, stored = teacher_run(cell, recipe, store)
             if not stored:
                 needs = ((tid, recipe.teacher_seed),)
-                teachers.setdefault(needs[0], Task(registered.get(tcell.id, tcell), tid, recipe.teacher_seed))
+                teachers.setdefault(needs[0], Task(tcell, tid, recipe.teacher_seed))     # a registered cell (load_cells)
         rest += [Task(cell, cid, s, needs) for s in seeds]
     rest = [t for t in rest if (t.cid, t.seed) not in teachers]
     return list(teachers.values()) + rest
@@ -255,8 +254,8 @@ def _submit_array(ex, runs: list[CellRun]) -> list:
 
 
 def submit(tasks: list[Task], overrides: dict, opts: SlurmOptions, *, cluster: str = "slurm", data_root=None,
-           store=None, results_dir=None, device=None, log=print) -> list[tuple[Task, str]]:
-    """Submit every task not done, queued or running; returns [(task, job id)]. Teachers first, and
+           store=None, results_dir=None, device=None, log=print) -> list[tuple[Task, "submitit.Job"]]:
+    """Submit every task not done, queued or running; returns [(task, submitit job)]. Teachers first, and
     their students depend on them (Slurm), or wait for them here (cluster 'local', for tests)."""
     from kd.dist import check_batch
     from kd.results import results_root
@@ -287,7 +286,7 @@ def submit(tasks: list[Task], overrides: dict, opts: SlurmOptions, *, cluster: s
         for t in todo:
             if (t.cid, t.seed) not in teacher_keys:
                 groups.setdefault(t.needs, []).append(t)
-        submitted: list[tuple[Task, str]] = []
+        submitted: list[tuple[Task, submitit.Job]] = []
 
         def send(batch: list[Task], dependency: list[str]):
             ex = _executor(cluster, folder, opts, dependency)
@@ -302,7 +301,7 @@ def submit(tasks: list[Task], overrides: dict, opts: SlurmOptions, *, cluster: s
                 tmp.write_text(json.dumps(rec, indent=1, sort_keys=True) + "\n")
                 os.replace(tmp, _job_file(store_p, t.cid, t.seed))
                 job_of[(t.cid, t.seed)] = j.job_id
-                submitted.append((t, j.job_id))
+                submitted.append((t, j))
             return jobs
 
         if first:
@@ -328,7 +327,7 @@ def _array_id(jobs) -> str:
     return f"{main.pop()}_[0-{len(ids) - 1}]" if len(main) == 1 and "_" in ids[0] else ", ".join(ids)
 
 
-def submit_cells(cells, seeds: list[int], overrides: dict, opts: SlurmOptions, **kw) -> list[tuple[Task, str]]:
+def submit_cells(cells, seeds: list[int], overrides: dict, opts: SlurmOptions, **kw) -> list[tuple[Task, submitit.Job]]:
     """`kd table/run --executor slurm`: plan, submit, print one line per array and return."""
     tasks = plan_tasks(cells, seeds, overrides, kw.get("store"))
     return submit(tasks, overrides, opts, **kw)
