@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import stat
+import time
+from pathlib import Path
 
 import pytest
 
@@ -16,33 +19,12 @@ from kd.results import read_records
 from kd.table import plan, table_by_name
 from kd.train import run_cell
 
-TABLE, OV = "recorded_digits", {"epochs": 3}
+TABLE, OV = "recorded_digits", {"epochs": 12}
 KD_CELL = "digits-sub400/kd/tiny_s_from_tiny_t/digits"
 
 
 def _by_cell(records):
     return {r["cell_id"]: r for r in records}
-
-
-def test_runs_through_submitit_give_the_in_process_lines(tmp_path, monkeypatch):
-    """A KD cell whose teacher is not stored: two jobs (teacher, then student) through submitit's local
-    executor (pickled CellRun, subprocesses, submitit's result files) against `kd run` in process."""
-    monkeypatch.setenv("OMP_NUM_THREADS", "1")            # the jobs compute with one thread, as this process
-    cell = find_cell(KD_CELL)
-    kw = dict(cluster="local", store=tmp_path / "store", results_dir=tmp_path / "jobs", log=lambda *a: None)
-    submitted = submit_cells([cell], [0], OV, SlurmOptions(), **kw)
-    assert [t.cid.split("/")[1] for t, _ in submitted] == ["baseline", "kd"]               # the teacher first
-    assert submitted[1][1].result() == {"cell_id": KD_CELL + "~epochs=3", "seed": 0, "world_size": 1,
-                                        "top1_last": read_records(tmp_path / "jobs")[-1]["top1_last"]}
-    run_cell(cell, 0, device="cpu", overrides=OV, progress=False, log=lambda *a: None,
-             store=tmp_path / "store_here", results_dir=tmp_path / "here")
-    jobs, here = _by_cell(read_records(tmp_path / "jobs")), _by_cell(read_records(tmp_path / "here"))
-    assert sorted(jobs) == sorted(here) and len(jobs) == 2
-    for cid, r in here.items():
-        assert jobs[cid]["curve"] == r["curve"] and jobs[cid]["checkpoint_sha256"] == r["checkpoint_sha256"], cid
-        assert jobs[cid]["top1_last"] == r["top1_last"] and jobs[cid]["teacher_cell"] == r["teacher_cell"]
-    assert {v["state"] for v in run_states(tmp_path / "store", tmp_path / "jobs").values()} == {"done"}
-    assert submit_cells([cell], [0], OV, SlurmOptions(), **kw) == []                     # all done: nothing again
 
 
 def _fake_slurm(bin_dir, state_file):
@@ -72,7 +54,7 @@ def test_slurm_arrays_dependencies_and_tracking(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     store, results = tmp_path / "store", tmp_path / "results"
     (tmp_path / "cluster.yaml").write_text("partition: gpu\naccount: lab\ntime_min: 30\nsbatch: {constraint: a100}\n")
-    args = ["table", TABLE, "--epochs", "3", "--executor", "slurm", "--slurm-config", str(tmp_path / "cluster.yaml"),
+    args = ["table", TABLE, "--epochs", "12", "--executor", "slurm", "--slurm-config", str(tmp_path / "cluster.yaml"),
             "--qos", "high", "--store", str(store), "--results", str(results)]
     assert main(args) == 0
     out = capsys.readouterr().out
@@ -117,3 +99,33 @@ def test_a_requeued_run_is_the_same_run():
     run = CellRun("digits-sub400/kd/tiny_s_from_tiny_t/digits", 3, {"epochs": 2}, None, "/s", "/r")
     again = run.checkpoint()
     assert isinstance(again.function, CellRun) and vars(again.function) == vars(run) and again.args == ()
+
+
+def test_runs_through_submitit_give_the_in_process_lines_also_after_preemption(tmp_path, monkeypatch):
+    """A KD cell whose teacher is not stored, through submitit's local executor (pickled CellRun,
+    subprocesses, submitit's result files): the teacher job first, then the student's. The student is
+    signalled as Slurm does before a preemption; CellRun.checkpoint() resubmits the run, the job
+    restarts and resumes from its per-epoch state. Both lines equal `kd run` in this process."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")            # the jobs compute with one thread, as this process
+    cell = find_cell(KD_CELL)
+    kw = dict(cluster="local", store=tmp_path / "store", results_dir=tmp_path / "jobs", log=lambda *a: None)
+    submitted = submit_cells([cell], [0], OV, SlurmOptions(), **kw)      # returns once the teacher is done
+    assert [t.cid.split("/")[1] for t, _ in submitted] == ["baseline", "kd"]
+    job = submitted[1][1]
+    deadline = time.time() + 120
+    while not list((tmp_path / "store" / "runs").rglob("*.state.pt")) and time.time() < deadline:
+        time.sleep(0.02)                                   # the student's first epoch is saved ...
+    (task_pid,) = Path(f"/proc/{job.job_id}/task/{job.job_id}/children").read_text().split()
+    os.kill(int(task_pid), signal.SIGUSR2)                 # ... then Slurm's pre-preemption signal, to the task
+    assert job.result() == {"cell_id": KD_CELL + "~epochs=12", "seed": 0, "world_size": 1,
+                            "top1_last": read_records(tmp_path / "jobs")[-1]["top1_last"]}
+    assert "Requeued job" in job.stdout() and "resuming" in job.stdout() and "preempted" in job.stderr()
+    run_cell(cell, 0, device="cpu", overrides=OV, progress=False, log=lambda *a: None,
+             store=tmp_path / "store_here", results_dir=tmp_path / "here")
+    jobs, here = _by_cell(read_records(tmp_path / "jobs")), _by_cell(read_records(tmp_path / "here"))
+    assert sorted(jobs) == sorted(here) and len(jobs) == 2
+    for cid, r in here.items():
+        assert jobs[cid]["curve"] == r["curve"] and jobs[cid]["checkpoint_sha256"] == r["checkpoint_sha256"], cid
+        assert jobs[cid]["top1_last"] == r["top1_last"] and jobs[cid]["teacher_cell"] == r["teacher_cell"]
+    assert {v["state"] for v in run_states(tmp_path / "store", tmp_path / "jobs").values()} == {"done"}
+    assert submit_cells([cell], [0], OV, SlurmOptions(), **kw) == []                     # all done: nothing again
