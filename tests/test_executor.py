@@ -19,7 +19,7 @@ from kd.results import read_records
 from kd.table import plan, table_by_name
 from kd.train import run_cell
 
-TABLE, OV = "recorded_digits", {"epochs": 12}
+TABLE, OV = "recorded_digits", {"epochs": 6}
 KD_CELL = "digits-sub400/kd/tiny_s_from_tiny_t/digits"
 
 
@@ -54,7 +54,7 @@ def test_slurm_arrays_dependencies_and_tracking(tmp_path, monkeypatch, capsys):
     monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
     store, results = tmp_path / "store", tmp_path / "results"
     (tmp_path / "cluster.yaml").write_text("partition: gpu\naccount: lab\ntime_min: 30\nsbatch: {constraint: a100}\n")
-    args = ["table", TABLE, "--epochs", "12", "--executor", "slurm", "--slurm-config", str(tmp_path / "cluster.yaml"),
+    args = ["table", TABLE, "--epochs", "6", "--executor", "slurm", "--slurm-config", str(tmp_path / "cluster.yaml"),
             "--qos", "high", "--store", str(store), "--results", str(results)]
     assert main(args) == 0
     out = capsys.readouterr().out
@@ -80,6 +80,16 @@ def test_slurm_arrays_dependencies_and_tracking(tmp_path, monkeypatch, capsys):
     assert {v["state"] for v in run_states(store, results).values()} == {"failed"}
     assert len(submit_cells(cells, [0], OV, SlurmOptions(), **again)) == 3
     assert (bin_dir / "count").read_text().strip() == "1006"
+
+    run = ["run", "digits-sub400/baseline/tiny_s/digits", "--epochs", "6", "--executor", "slurm", "--store", str(store),
+           "--results", str(results)]
+    assert main(run + ["--gpus-per-job", "2", "--sbatch", "exclusive"]) == 0   # one job, one task per GPU (kd.dist)
+    ddp = (bin_dir / "script_1007.sh").read_text()
+    assert all(f"#SBATCH {f}\n" in ddp for f in ("--gpus-per-node=2", "--ntasks-per-node=2", "--exclusive", "--nodes=1"))
+    capsys.readouterr()
+    assert main(run + ["--gpus-per-job", "3"]) == 2                             # 64 images per step over 3 GPUs
+    assert capsys.readouterr().err == "kd: error: world size 3 does not divide the global batch 64; " \
+        "use a world size that divides it or --batch-size a multiple of 3\n"
 
 
 def test_missing_sbatch_and_unknown_options_are_one_line(tmp_path, monkeypatch, capsys):
@@ -117,7 +127,7 @@ def test_runs_through_submitit_give_the_in_process_lines_also_after_preemption(t
         time.sleep(0.02)                                   # the student's first epoch is saved ...
     (task_pid,) = Path(f"/proc/{job.job_id}/task/{job.job_id}/children").read_text().split()
     os.kill(int(task_pid), signal.SIGUSR2)                 # ... then Slurm's pre-preemption signal, to the task
-    assert job.result() == {"cell_id": KD_CELL + "~epochs=12", "seed": 0, "world_size": 1,
+    assert job.result() == {"cell_id": KD_CELL + "~epochs=6", "seed": 0, "world_size": 1,
                             "top1_last": read_records(tmp_path / "jobs")[-1]["top1_last"]}
     assert "Requeued job" in job.stdout() and "resuming" in job.stdout() and "preempted" in job.stderr()
     run_cell(cell, 0, device="cpu", overrides=OV, progress=False, log=lambda *a: None,
