@@ -96,3 +96,10 @@ def test_lr_rule_for_the_global_batch_is_explicit():
         Recipe(**base, lr_scaling="linear")
     with pytest.raises(KDError, match="lr_scaling must be none or linear"):
         Recipe(**base, lr_scaling="sqrt")
+
+
+def test_sync_batchnorm_needs_cuda_ranks(monkeypatch):
+    from torch import nn
+    monkeypatch.setattr(dist, "_WORLD", dist.World(rank=0, size=2, backend="gloo"))
+    with pytest.raises(KDError, match="sync_bn: true needs CUDA devices"):
+        dist.prepare_student(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)), sync_bn=True)
