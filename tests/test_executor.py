@@ -16,7 +16,7 @@ from kd.cli import main
 from kd.errors import KDError
 from kd.executor import CellRun, SlurmOptions, run_states, slurm_options, submit_cells
 from kd.results import read_records
-from kd.table import plan, table_by_name
+from kd.table import plan, run_table, table_by_name
 from kd.train import run_cell
 
 TABLE, OV = "recorded_digits", {"epochs": 6}
@@ -71,6 +71,8 @@ def test_slurm_arrays_dependencies_and_tracking(tmp_path, monkeypatch, capsys):
 
     assert main(["list", "--table", TABLE, "--status", "--store", str(store), "--results", str(results)]) == 0
     assert capsys.readouterr().out.count("0:queued") == 3
+    run_table(TABLE, [0], OV, progress=False, store=store, results_dir=results)   # `kd table` here: trains none of them
+    assert capsys.readouterr().out.count("already queued on the cluster") == 3 and not results.exists()
     cells, again = plan(table_by_name(TABLE), OV, [0])[0], dict(store=store, results_dir=results, log=print)
     assert submit_cells(cells, [0], OV, SlurmOptions(), **again) == []          # queued: nothing submitted twice
     assert "skipping 3 runs: 0 done, 3 queued or running" in capsys.readouterr().out
