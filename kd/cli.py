@@ -35,6 +35,11 @@ def _executor_flags(p: argparse.ArgumentParser):
 def _submit(a, cells, seeds, ov) -> bool:
     """--executor slurm: submit and return True; local: False."""
     if a.executor != "slurm":
+        given = [f"--{k.replace('_', '-')}" for k in ("slurm_config", "partition", "account", "qos", "gpus_per_job",
+                                                      "cpus_per_task", "mem_gb", "time_min", "sbatch")
+                 if getattr(a, k) is not None]
+        if given:
+            raise KDError(f"{', '.join(given)}: Slurm options, used only with --executor slurm")
         return False
     from kd.executor import options_from_args, submit_cells
     submit_cells(cells, seeds, {k: v for k, v in ov.items() if v is not None}, options_from_args(a),

@@ -100,6 +100,8 @@ def test_missing_sbatch_and_unknown_options_are_one_line(tmp_path, monkeypatch, 
     assert main(["table", TABLE, "--executor", "slurm", "--store", str(store), "--results", str(tmp_path / "r")]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("kd: error: sbatch not found") and not store.exists()
+    assert main(["run", "digits-sub400/baseline/tiny_s/digits", "--partition", "gpu"]) == 2
+    assert capsys.readouterr().err == "kd: error: --partition: Slurm options, used only with --executor slurm\n"
     (tmp_path / "c.yaml").write_text("partition: gpu\ngpus: 2\n")
     with pytest.raises(KDError, match=r"c.yaml: unknown Slurm option\(s\) gpus; valid: partition, account"):
         slurm_options(tmp_path / "c.yaml")
