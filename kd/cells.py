@@ -123,6 +123,9 @@ class Recipe:
     teacher_seed: int = 0                # which seed's teacher checkpoint the students use
     data_seed: int = 0                   # seed of dataset variants (noise, imbalance, subset)
     amp: bool = False                    # bf16 autocast (any device); the override precision=bf16 sets it
+    sync_bn: bool = False                # multi-GPU (kd.dist): SyncBatchNorm instead of per-rank BatchNorm
+    lr_scaling: str = "none"             # LR rule for the global batch: none | linear (see lr_factor)
+    lr_reference_batch: int | None = None   # the batch the recipe's lr is for (needed by linear)
     description: str = ""
     source: str = ""
     assumed: tuple = ()
@@ -160,6 +163,24 @@ class Recipe:
         _need(isinstance(self.overrides, dict), "overrides", self.overrides, "a mapping")
         for k, v in self.overrides.items():
             check_override(k, v)
+        _need(isinstance(self.sync_bn, bool), "sync_bn", self.sync_bn, "true or false")
+        _need(self.lr_scaling in ("none", "linear"), "lr_scaling", self.lr_scaling, "none or linear")
+        _need(self.lr_reference_batch is None or is_int(self.lr_reference_batch) and self.lr_reference_batch >= 1,
+              "lr_reference_batch", self.lr_reference_batch, "a whole number >= 1")
+        _need(self.lr_scaling != "linear" or self.lr_reference_batch is not None, "lr_reference_batch",
+              self.lr_reference_batch, "set when lr_scaling is linear (the batch its lr is for)")
+
+    @property
+    def lr_factor(self) -> float:
+        """The LR rule for the global batch, explicit in the recipe and recorded with every result:
+        'none' keeps the lr whatever the batch and the number of GPUs (RepDistiller, CRD, DKD: one
+        GPU; torchdistill without -adjust_lr); 'linear' multiplies it by batch_size /
+        lr_reference_batch (Goyal et al. 2017, torchdistill's -adjust_lr for its per-GPU batch).
+        The global batch is batch_size, whatever the world size, so more GPUs alone never change it.
+        It scales the main training LR (lr, lr_by_student), not a method's own pre-training stage LR."""
+        if self.lr_scaling == "linear":
+            return self.batch_size / self.lr_reference_batch
+        return 1.0
 
     @property
     def id(self) -> str:
@@ -168,7 +189,7 @@ class Recipe:
         return self.name + "~" + ",".join(f"{k}={v}" for k, v in sorted(self.overrides.items()))
 
     def lr_for(self, student: str) -> float:
-        return float(self.lr_by_student.get(student, self.lr))
+        return float(self.lr_by_student.get(student, self.lr)) * self.lr_factor
 
     def with_overrides(self, **ov) -> "Recipe":
         """Quick-check overrides (epochs, batch_size, lr, subset). Changing epochs scales the LR

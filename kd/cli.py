@@ -102,16 +102,47 @@ def cmd_bench(a):
           results=a.results, channels_last=not a.no_channels_last, data_root=a.data_root)
 
 
+def _executor_flags(p: argparse.ArgumentParser):
+    g = p.add_argument_group("cluster (--executor slurm; see README 'Running a whole table on a cluster')")
+    g.add_argument("--executor", choices=["local", "slurm"], default="local",
+                   help="local: train here (default); slurm: submit job arrays through submitit and return")
+    g.add_argument("--slurm-config", help="YAML file of Slurm options (flags below win)")
+    g.add_argument("--partition"), g.add_argument("--account"), g.add_argument("--qos")
+    g.add_argument("--gpus-per-job", type=int, help="GPUs per run (>1: one data-parallel job, kd.dist)")
+    g.add_argument("--cpus-per-task", type=int, help="CPUs per task (one task per GPU)")
+    g.add_argument("--mem-gb", type=float), g.add_argument("--time-min", type=int, help="time limit per job")
+    g.add_argument("--sbatch", action="append", metavar="KEY=VALUE", help="extra sbatch flag (repeatable)")
+
+
+def _submit(a, cells, seeds, ov) -> bool:
+    """--executor slurm: submit and return True; local: False."""
+    if a.executor != "slurm":
+        given = [f"--{k.replace('_', '-')}" for k in ("slurm_config", "partition", "account", "qos", "gpus_per_job",
+                                                      "cpus_per_task", "mem_gb", "time_min", "sbatch")
+                 if getattr(a, k) is not None]
+        if given:
+            raise KDError(f"{', '.join(given)}: Slurm options, used only with --executor slurm")
+        return False
+    from kd.executor import options_from_args, submit_cells
+    submit_cells(cells, seeds, {k: v for k, v in ov.items() if v is not None}, options_from_args(a),
+                 data_root=a.data_root, store=a.store, results_dir=a.results, device=a.device)
+    return True
+
+
 def cmd_run(a):
     from kd.cells import find_cell, load_recipe
+    from kd.dist import launch_rank
     from kd.ids import cell_id
     from kd.results import recorded_seeds, results_root
     ov = _check_run_args(a)
     cell = find_cell(a.cell)
+    if _submit(a, [cell], a.seed, ov):
+        return
     cid = cell_id(cell.dataset, cell.label, cell.student, cell.teacher, load_recipe(cell.recipe).with_overrides(**ov).id)
     done = set() if a.force else recorded_seeds(cid, a.results)
     for seed in [s for s in a.seed if s in done]:
-        print(f"{cid} seed {seed}: already recorded under {results_root(a.results)}; skipped (--force runs it again)")
+        if launch_rank() == 0:
+            print(f"{cid} seed {seed}: already recorded under {results_root(a.results)}; skipped (--force runs it again)")
     todo = [s for s in a.seed if s not in done]
     if not todo:
         return
@@ -120,8 +151,10 @@ def cmd_run(a):
     for seed in todo:
         rec = run_cell(cell, seed, device=a.device, overrides=ov, data_root=a.data_root, store=a.store,
                        results_dir=a.results, progress=not a.no_progress, execution=_execution(a))
-        print(f"{rec['cell_id']} seed {seed}: top-1 last {rec['top1_last']:.2f} best {rec['top1_best']:.2f} "
-              f"(epoch {rec['best_epoch']}), {rec['images_per_s']} img/s on {rec['device']}")
+        if launch_rank() == 0:           # under torchrun: one summary, from rank 0
+            print(f"{rec['cell_id']} seed {seed}: top-1 last {rec['top1_last']:.2f} best {rec['top1_best']:.2f} "
+                  f"(epoch {rec['best_epoch']}), {rec['images_per_s']} img/s on {rec['device']}"
+                  + (f", {rec['world_size']} processes" if rec.get("world_size", 1) > 1 else ""))
 
 
 def cmd_list(a):
@@ -134,8 +167,26 @@ def cmd_list(a):
         from kd.table import table_by_name
         wanted = {e.cell_id for e in table_by_name(a.table).entries}
         cells = {k: v for k, v in cells.items() if k in wanted}
-    rows = list_rows(cells, read_records(Path(a.results) if a.results else None), a.dataset, a.method, a.status)
-    print(tabulate(rows, headers=["cell", "runs", "seeds"], tablefmt="simple"))
+    records = read_records(Path(a.results) if a.results else None)
+    states: dict[str, dict[int, str]] = {}
+    if a.status:                     # runs' states, including submitted jobs and runs with overrides
+        from kd.executor import run_states
+        for (cid, seed), st in run_states(a.store, Path(a.results) if a.results else None).items():
+            states.setdefault(cid, {})[seed] = st["state"]
+    rows = list_rows(cells, records, a.dataset, a.method, a.status if a.status in ("done", "missing") else None)
+    if a.status:                     # runs known only by their jobs (no result line yet): under their cell
+        shown = {row[0].removeprefix(QUICK) for row in rows}
+        for cid in sorted(set(states) - shown, reverse=True):
+            at = next((i for i, row in enumerate(rows) if row[0] == cid.split("~")[0]), None)
+            if at is not None:
+                rows.insert(at + 1, [f"{QUICK}{cid}" if "~" in cid else cid, 0, "-"])
+        for row in rows:
+            st = states.get(row[0].removeprefix(QUICK), {})
+            row.append(" ".join(f"{s}:{v}" for s, v in sorted(st.items())) or "-")
+        if a.status in ("queued", "running", "failed"):
+            rows = [row for row in rows if a.status in states.get(row[0].removeprefix(QUICK), {}).values()]
+    print(tabulate(rows, headers=["cell", "runs", "seeds"] + (["state (seed:state)"] if a.status else []),
+                   tablefmt="simple"))
     n = sum(not r[0].startswith(QUICK) for r in rows)
     print(f"{n} cells; runs counted from the result lines under {read_root(a.results)}/"
           + ("" if a.results or os.environ.get("KD_RESULTS") else " (committed, and yours in results/local/)")
@@ -237,8 +288,11 @@ def cmd_report(a):
 
 
 def cmd_table(a):
-    from kd.table import run_table
+    from kd.table import plan, run_table, table_by_name
     ov = _check_run_args(a)
+    if _submit(a, plan(table_by_name(a.name), ov, a.seed)[0], a.seed, ov):
+        print(f"`kd list --table {a.name} --status` shows progress; `kd report --table {a.name}` when done")
+        return
     _logging(a)
     run_table(a.name, a.seed, ov, progress=not a.no_progress, device=a.device, data_root=a.data_root,
               store=a.store, results_dir=a.results, execution=_execution(a))
@@ -271,14 +325,18 @@ def main(argv: list[str] | None = None) -> int:
                    help="override: bf16 autocast (its results carry another recipe id, never mixed with fp32)")
     r.add_argument("--force", action="store_true", help="run seeds that already have a result line again")
     _common(r)
+    _executor_flags(r)
     r.set_defaults(fn=cmd_run)
 
     l = sub.add_parser("list", help="list cells and their finished runs")
     l.add_argument("--table", help="only the cells of this reference table")
     l.add_argument("--dataset", help="a dataset or dataset family, e.g. cifar100, cifar10-noisy0.2")
     l.add_argument("--method", help="a method label or part of one: kd matches kd and crd+kd; crd+kd matches crd+kd")
-    l.add_argument("--status", choices=["done", "missing"], help="full-protocol runs present / absent")
+    l.add_argument("--status", nargs="?", const="all", choices=["all", "done", "missing", "queued", "running", "failed"],
+                   help="show each seed's state (done/queued/running/failed: results and submitted Slurm jobs); "
+                        "done/missing: full-protocol runs present/absent; queued/running/failed: only cells that have it")
     l.add_argument("--results")
+    l.add_argument("--store", help="checkpoint store, where submitted jobs are tracked (default: $KD_STORE or ./checkpoints)")
     l.set_defaults(fn=cmd_list)
 
     f = sub.add_parser("find", help="from a published number (or table, method, pair) to reference entries, "
@@ -321,6 +379,7 @@ def main(argv: list[str] | None = None) -> int:
     for flag, typ in (("--epochs", int), ("--batch-size", int), ("--lr", float), ("--subset", int)):
         tb.add_argument(flag, type=typ, help="override (recorded as another recipe)")
     _common(tb)
+    _executor_flags(tb)
     tb.set_defaults(fn=cmd_table)
 
     b = sub.add_parser("bench", help="time one cell's training step per execution mode (and beside RepDistiller)")
@@ -347,7 +406,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return a.fn(a) or 0
     except KDError as e:
-        print(f"kd: error: {e}", file=sys.stderr)
+        from kd.dist import launch_rank
+        if launch_rank() == 0:           # under torchrun every rank fails alike: one line, from rank 0
+            print(f"kd: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("kd: interrupted; run the same command again to resume", file=sys.stderr)

@@ -424,12 +424,19 @@ class DeviceData:
 
     def train_batches(self, batch_size: int, gen: torch.Generator):
         """Shuffled batches of (index, images, labels); the last, smaller batch is kept
-        (drop_last=False, as RepDistiller)."""
-        n = len(self.train_y)
+        (drop_last=False, as RepDistiller). In a multi-process run (kd.dist) `batch_size` is the
+        global batch: every rank draws the same permutation and augments the whole global batch
+        (the generator advances as in one process), then keeps its slice."""
+        from kd.dist import shard, world
+        n, size = len(self.train_y), world().size
         order = torch.randperm(n, device=self.device, generator=gen)
         for i in range(0, n, batch_size):
             idx = order[i:i + batch_size]
-            yield idx, self.augment(self.train_x[idx], gen), self.train_y[idx]
+            x = self.augment(self.train_x[idx], gen)
+            if size > 1:
+                s = shard(len(idx))
+                idx, x = idx[s], x[s]
+            yield idx, x, self.train_y[idx]
 
     def test_batches(self, batch_size: int = 1000):
         for i in range(0, len(self.test_y), batch_size):

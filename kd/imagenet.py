@@ -215,10 +215,22 @@ class StreamingData:
                               .to(self.device))
 
     def train_batches(self, batch_size: int, gen: torch.Generator):
-        """Shuffled batches of (index, images, labels), augmented; the last, smaller batch is kept."""
+        """Shuffled batches of (index, images, labels), augmented; the last, smaller batch is kept.
+        In a multi-process run (kd.dist) `batch_size` is the global batch and this rank decodes only
+        its slice of each global batch (augmentation is seeded per sample, so the slices are exactly
+        the single-process images)."""
+        from kd.dist import shard, world
         seed = int(torch.randint(0, 2**62, (1,), generator=gen, device=gen.device))
         order = torch.randperm(self.num_train, generator=torch.Generator().manual_seed(seed)).numpy()
-        for idx, x in self._stream("train", batch_size, order, seed):
+        size, sizes = world().size, []
+        if size > 1:
+            chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+            sizes = [len(c) for c in chunks]
+            order = np.concatenate([c[shard(len(c))] for c in chunks])
+            batch_size //= size          # full global batches split evenly; the last slice is smaller
+        for k, (idx, x) in enumerate(self._stream("train", batch_size, order, seed)):
+            if size > 1:
+                shard(sizes[k])          # this batch's gradient weight (World.share)
             yield idx, x, self.train_y[idx]
 
     def test_batches(self, batch_size: int = 250):

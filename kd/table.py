@@ -49,6 +49,7 @@ def run_table(name: str, seeds: list[int], overrides: dict, progress=True, **kw)
         print(f"{len(unregistered)} entries have no runnable cell (quoted methods): "
               + ", ".join(sorted({e.cell_id for e in unregistered}))[:500])
     results_dir = kw.get("results_dir")
+    active = _submitted_and_active(kw.get("store"), results_dir)
     out = []
     from kd.log import bar_wanted      # a bar only on a terminal (the runs print their own lines otherwise)
     bar = tqdm(total=len(cells) * len(seeds), desc=f"table {name}", unit="run", disable=not bar_wanted(progress))
@@ -61,8 +62,20 @@ def run_table(name: str, seeds: list[int], overrides: dict, progress=True, **kw)
             root = results_root(results_dir)
             done = {(r["cell_id"], r["seed"]) for r in (read_records(root) if root.is_dir() else [])
                     if r.get("status") == "ok"}
-            if (cid, seed) not in done:
+            if (cid, seed) in active:
+                print(f"{cid} seed {seed}: already {active[(cid, seed)]} on the cluster (`kd list --status`); skipped")
+            elif (cid, seed) not in done:
                 out.append(run_cell(cell, seed, overrides=overrides, progress=progress, **kw))
             bar.update(1)
     bar.close()
     return out
+
+
+def _submitted_and_active(store, results_dir) -> dict:
+    """(cell id, seed) -> queued | running for runs submitted with --executor slurm (kd.executor),
+    so that training here never duplicates them."""
+    from kd.train import store_root
+    if not (store_root(store) / "jobs").is_dir():
+        return {}
+    from kd.executor import run_states
+    return {k: v["state"] for k, v in run_states(store, results_dir).items() if v["state"] in ("queued", "running")}

@@ -33,6 +33,7 @@ Conventions that change numbers, all here:
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import functools
 import json
@@ -48,6 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from kd import dist
 from kd.cells import Cell, Recipe, load_recipe
 from kd.data import DeviceData, load_dataset
 from kd.errors import KDError
@@ -201,7 +203,8 @@ class Run:
         check_writable(self.store, "checkpoint store", folder=True)
         load_state(self.state_path, self.digest)
         self.load_data()
-        with run_lock(self.store, self.id, self.seed):
+        lock = run_lock(self.store, self.id, self.seed) if dist.world().main else contextlib.nullcontext()
+        with lock:                                   # multi-process: rank 0 holds it for the whole group
             teacher, sha, self.teacher_id = get_teacher(
                 self.cell, self.recipe, self.ds.num_classes, self.device, data_root=self.data_root, store=self.store,
                 results_dir=self.results_dir, progress=self.progress, log=self.log,
@@ -216,11 +219,13 @@ class Run:
             dataset += f"-sub{self.recipe.overrides['subset']}"
         self.ds = load_dataset(dataset, self.data_root, seed=self.recipe.data_seed)
         self.data = self.ds.on_device(self.device)
+        dist.check_batch(self.recipe.batch_size, dist.world().size, self.ds.num_train)
 
     def build(self, teacher: nn.Module | None, teacher_sha: str | None):
         ds = self.ds
         torch.manual_seed(self.seed)
-        self.student = build_model(self.cell.student, ds.num_classes).to(self.device)
+        self.student = dist.prepare_student(build_model(self.cell.student, ds.num_classes).to(self.device),
+                                            self.recipe.sync_bn)
         self.teacher, self.teacher_sha = teacher, teacher_sha
         specs = []
         for t in self.cell.terms:
@@ -267,6 +272,10 @@ class Run:
         for s in self.stages:
             self._phase[id(s)] = ((s.kinds[0],) if s.student_forward else (), (s.kinds[1],), True)
         self.execution = self.execution.for_methods(self.methods, self.log)
+        if dist.world().size > 1 and self.execution.compiled:      # the gradient all-reduce is an optimizer hook
+            why = f"{self.execution.mode} -> eager: {dist.world().size} processes average gradients in an optimizer hook"
+            self.log(f"execution: {why}")
+            self.execution = Execution("eager", self.execution.channels_last, fallback=why)
         if self.execution.channels_last:
             for m in (self.student, teacher, self.method_modules):
                 if m is not None:
@@ -380,6 +389,7 @@ class Run:
                 opt = self._optimizer(params, lr if stage is None else (stage.lr or lr))
                 lrs = lr_schedule(r.schedule, opt.param_groups[0]["lr"], epochs,
                                   r.milestones if stage is None else (), r.gamma)
+                dist.attach(opt)             # multi-process: average gradients over ranks before each step
                 start = 0
                 if state and si == state["stage"]:
                     opt.load_state_dict(state["optimizer"])
@@ -389,7 +399,7 @@ class Run:
                     gen = _reseed(self.seed, si, epoch, self.device)
                     set_lr(opt, lrs[epoch], self.execution.compiled, self.device)
                     t0 = time.perf_counter()
-                    loss = self._epoch(stage, step, gen, epoch)
+                    loss = dist.mean(self._epoch(stage, step, gen, epoch))
                     if self.device.type == "cuda":
                         torch.cuda.synchronize()
                     elapsed += time.perf_counter() - t0
@@ -397,29 +407,33 @@ class Run:
                     if not math.isfinite(loss):
                         raise FloatingPointError(f"non-finite loss ({loss}) in epoch {epoch + 1}"
                                                  + (f" of stage '{stage.name}'" if stage else ""))
-                    top1, top5 = evaluate(self.student, self.methods, self.data, self.execution.channels_last)
-                    entry = {"epoch": epoch + 1, "top1": round(top1, 4), "top5": round(top5, 4),
-                             "train_loss": round(loss, 6), "lr": lrs[epoch]}
-                    (curve if stage is None else stage_log).append(entry if stage is None else {"stage": stage.name, **entry})
-                    elog.epoch(entry, stage, images, elapsed)
-                    self._save_state({"stage": si, "epoch": epoch, "student": self.student.state_dict(),
-                                      "methods": self.method_modules.state_dict(), "optimizer": opt.state_dict(),
-                                      "curve": curve, "stage_log": stage_log,
-                                      "elapsed": elapsed, "images": images})
+                    if dist.world().main:    # multi-process: rank 0 alone evaluates and writes the state
+                        top1, top5 = evaluate(self.student, self.methods, self.data, self.execution.channels_last)
+                        entry = {"epoch": epoch + 1, "top1": round(top1, 4), "top5": round(top5, 4),
+                                 "train_loss": round(loss, 6), "lr": lrs[epoch]}
+                        (curve if stage is None else stage_log).append(entry if stage is None else {"stage": stage.name, **entry})
+                        elog.epoch(entry, stage, images, elapsed)
+                        self._save_state({"stage": si, "epoch": epoch, "student": self.student.state_dict(),
+                                          "methods": self.method_modules.state_dict(), "optimizer": opt.state_dict(),
+                                          "curve": curve, "stage_log": stage_log,
+                                          "elapsed": elapsed, "images": images})
                     done_epochs += 1
                     if stop_after_epochs is not None and done_epochs >= stop_after_epochs and (si, epoch + 1) != (plan[-1][0], epochs):
                         raise KeyboardInterrupt
                 state = {}
             elog.close()
         except FloatingPointError as e:
-            record = self._record(started, curve, stage_log, elapsed, images, status="failed", error=str(e))
-            self.state_path.unlink(missing_ok=True)
+            if dist.world().main:
+                record = self._record(started, curve, stage_log, elapsed, images, status="failed", error=str(e))
+                self.state_path.unlink(missing_ok=True)
             raise KDError(f"{self.id} seed {self.seed}: {e}; recorded a failed run") from None
-        ckpt = checkpoint_path(self.id, self.seed, self.store)
-        sha = save_checkpoint(self.student, ckpt)
-        record = self._record(started, curve, stage_log, elapsed, images, checkpoint=str(ckpt), sha=sha)
-        self.state_path.unlink(missing_ok=True)
-        return record
+        record = None
+        if dist.world().main:            # multi-process: rank 0 alone writes the checkpoint and the line
+            ckpt = checkpoint_path(self.id, self.seed, self.store)
+            sha = save_checkpoint(self.student, ckpt)
+            record = self._record(started, curve, stage_log, elapsed, images, checkpoint=str(ckpt), sha=sha)
+            self.state_path.unlink(missing_ok=True)
+        return dist.barrier_and_share(record)
 
     def _record(self, started, curve, stage_log, elapsed, images, status="ok", error=None, checkpoint=None, sha=None):
         c = self.cell
@@ -440,10 +454,25 @@ class Run:
                    images_per_s=round(images / elapsed, 1) if elapsed else None,
                    started=started.isoformat(timespec="seconds"),
                    finished=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), host=platform.node(),
-                   argv=sys.argv[1:])
+                   argv=sys.argv[1:], **dist.provenance(self.recipe))
         rec = json.loads(json.dumps(rec))      # the record as it is stored (tuples become lists)
         append_record(rec, results_file(c.dataset, self.results_dir))
         return rec
+
+
+def teacher_run(cell: Cell, recipe: Recipe, store: Path) -> tuple[Cell, Recipe, str, Path, bool]:
+    """The teacher run `cell` uses: (teacher cell, its recipe, its cell id, checkpoint path, stored?).
+    A quick-check run (overrides) uses the full-protocol teacher when one is stored (trained or
+    imported); otherwise a teacher under the same overrides, seed recipe.teacher_seed."""
+    tcell = cell.teacher_cell(recipe)
+    full = load_recipe(tcell.recipe)
+    trecipe = full.with_overrides(**recipe.overrides)
+    for tr in [trecipe] + ([full] if recipe.overrides else []):
+        cid = cell_id(tcell.dataset, "baseline", tcell.student, None, tr.id)
+        if checkpoint_path(cid, recipe.teacher_seed, store).is_file():
+            return tcell, tr, cid, checkpoint_path(cid, recipe.teacher_seed, store), True
+    tid = cell_id(tcell.dataset, "baseline", tcell.student, None, trecipe.id)
+    return tcell, trecipe, tid, checkpoint_path(tid, recipe.teacher_seed, store), False
 
 
 def get_teacher(cell: Cell, recipe: Recipe, num_classes: int, device, *, data_root=None, store=None,
@@ -453,22 +482,9 @@ def get_teacher(cell: Cell, recipe: Recipe, num_classes: int, device, *, data_ro
     teacher seed, the same overrides)."""
     if not cell.teacher:
         return None, None, None
-    tcell = cell.teacher_cell(recipe)
-    full = load_recipe(tcell.recipe)
-    trecipe = full.with_overrides(**recipe.overrides)
     store = store_root(store)
-    # A quick-check run (overrides) uses the full-protocol teacher when one is stored (trained or
-    # imported); otherwise it trains a teacher under the same overrides.
-    candidates = [trecipe] + ([full] if recipe.overrides else [])
-    path = tid = None
-    for tr in candidates:
-        cid = cell_id(tcell.dataset, "baseline", tcell.student, None, tr.id)
-        if checkpoint_path(cid, recipe.teacher_seed, store).is_file():
-            tid, path = cid, checkpoint_path(cid, recipe.teacher_seed, store)
-            break
-    if path is None:
-        tid = cell_id(tcell.dataset, "baseline", tcell.student, None, trecipe.id)
-        path = checkpoint_path(tid, recipe.teacher_seed, store)
+    tcell, trecipe, tid, path, stored = teacher_run(cell, recipe, store)
+    if not stored:
         log(f"no stored teacher for {tid}: training it first (seed {recipe.teacher_seed})")
         Run(tcell, trecipe, recipe.teacher_seed, device, data_root, store, results_dir, progress, log, execution).run()
     model = build_model(cell.teacher, num_classes).to(device)
@@ -481,6 +497,8 @@ def run_cell(cell: Cell, seed: int = 0, *, device: str | None = None, overrides:
              execution: Execution | None = None) -> dict:
     """Train `cell` with `seed` (its teacher first when none is stored) and append its result line."""
     import kd.methods  # noqa: F401
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     recipe = load_recipe(cell.recipe).with_overrides(**(overrides or {}))
+    dev = dist.setup(torch.device(device) if device else None, recipe.batch_size)   # joins torchrun's group, if any
+    if not dist.world().main:
+        progress, log = False, (lambda *a, **k: None)
     return Run(cell, recipe, seed, dev, data_root, store, results_dir, progress, log, execution).run(stop_after_epochs)
