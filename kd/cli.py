@@ -294,8 +294,8 @@ def cmd_table(a):
         print(f"`kd list --table {a.name} --status` shows progress; `kd report --table {a.name}` when done")
         return
     _logging(a)
-    run_table(a.name, a.seed, ov, progress=not a.no_progress, device=a.device, data_root=a.data_root,
-              store=a.store, results_dir=a.results, execution=_execution(a))
+    run_table(a.name, a.seed, ov, progress=not a.no_progress, group=not a.no_group, device=a.device,
+              data_root=a.data_root, store=a.store, results_dir=a.results, execution=_execution(a))
     a.table, a.out = [a.name], None
     cmd_report(a)
 
@@ -378,6 +378,8 @@ def main(argv: list[str] | None = None) -> int:
     tb.add_argument("--seed", type=int, nargs="+", default=[0])
     for flag, typ in (("--epochs", int), ("--batch-size", int), ("--lr", float), ("--subset", int)):
         tb.add_argument(flag, type=typ, help="override (recorded as another recipe)")
+    tb.add_argument("--no-group", action="store_true",
+                    help="run cells one by one instead of training those that share a teacher together (kd/group.py)")
     _common(tb)
     _executor_flags(tb)
     tb.set_defaults(fn=cmd_table)

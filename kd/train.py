@@ -180,6 +180,21 @@ def evaluate(student: nn.Module, methods: list[Method], data: DeviceData,
     return 100.0 * float(c1) / n, 100.0 * float(c5) / n
 
 
+class _LREpochs:
+    """The epochs of a stage; entering each writes its learning rate into the run's optimizer."""
+
+    def __init__(self, epochs: range, run: "Run"):
+        self.epochs, self.run = epochs, run
+
+    def __iter__(self):
+        for epoch in self.epochs:
+            set_lr(self.run.opt, self.run.lrs[epoch], self.run.execution.compiled, self.run.device)
+            yield epoch
+
+    def __len__(self):
+        return len(self.epochs)
+
+
 class Run:
     """One (cell, seed) run: everything needed to train, checkpoint, resume and record it."""
 
@@ -193,24 +208,34 @@ class Run:
         self.progress, self.log = progress, log
         self.state_path = state_path(self.id, seed, self.store)
         self.digest = config_digest(cell, recipe, seed)      # stored with the resume state, checked on resume
-        self.teacher_id, self.git = None, None
+        self.teacher_id, self.git, self.group = None, None, None
 
     def run(self, stop_after_epochs: int | None = None) -> dict:
-        # Before anything trains or is written: the results file and the store can be written, a
-        # resume state left in the store belongs to this very configuration, the data reads; then
-        # no other process may train this (cell, seed) until its record is appended (kd.store).
+        self.prepare()
+        lock = run_lock(self.store, self.id, self.seed) if dist.world().main else contextlib.nullcontext()
+        with lock:                                   # multi-process: rank 0 holds it for the whole group
+            self.build(*self.get_teacher())
+            return self.train(stop_after_epochs)
+
+    def prepare(self, data=None):
+        """Before anything trains or is written: the results file and the store can be written, a
+        resume state left in the store belongs to this very configuration, the data reads (or is
+        `data`, (Dataset, DeviceData), shared by a group). Then the caller takes the run's lock
+        (kd.store): no other process trains this (cell, seed) until its record is appended."""
         check_writable(results_file(self.cell.dataset, self.results_dir), "results file", folder=False)
         check_writable(self.store, "checkpoint store", folder=True)
         load_state(self.state_path, self.digest)
-        self.load_data()
-        lock = run_lock(self.store, self.id, self.seed) if dist.world().main else contextlib.nullcontext()
-        with lock:                                   # multi-process: rank 0 holds it for the whole group
-            teacher, sha, self.teacher_id = get_teacher(
-                self.cell, self.recipe, self.ds.num_classes, self.device, data_root=self.data_root, store=self.store,
-                results_dir=self.results_dir, progress=self.progress, log=self.log,
-                execution=self.execution)
-            self.build(teacher, sha)
-            return self.train(stop_after_epochs)
+        if data is None:
+            self.load_data()
+        else:
+            self.ds, self.data = data
+
+    def get_teacher(self) -> tuple[nn.Module | None, str | None]:
+        """The frozen teacher (trained first when none is stored) and its sha256."""
+        teacher, sha, self.teacher_id = get_teacher(
+            self.cell, self.recipe, self.ds.num_classes, self.device, data_root=self.data_root, store=self.store,
+            results_dir=self.results_dir, progress=self.progress, log=self.log, execution=self.execution)
+        return teacher, sha
 
     # -- building -------------------------------------------------------------------------------
     def load_data(self):
@@ -297,7 +322,9 @@ class Run:
         raise KDError(f"unknown optimizer '{r.optimizer}'; valid: sgd, adamw")
 
     # -- one step, one epoch ----------------------------------------------------------------------
-    def _forward(self, x, y, idx, epoch, stage: Stage | None = None):
+    def _forward(self, x, y, idx, epoch, stage: Stage | None = None, t_out=None):
+        """`t_out`: the teacher's (features by kind, logits) on this batch when a group computed
+        them once for all its members (kd/group.py); else the teacher runs here."""
         if self.execution.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
         s_kinds, t_kinds, use_teacher = self._phase[None if stage is None else id(stage)]
@@ -306,17 +333,23 @@ class Run:
             by, s_logits = _features(self.student, x, s_kinds, "s")
         t_logits = None
         if self.teacher is not None and use_teacher:
-            with torch.no_grad():
-                t_by, t_logits = _features(self.teacher, x, t_kinds, "t")
-            by.update(t_by)
+            if t_out is None:
+                t_out = self.teacher_forward(x, t_kinds)
+            t_by, t_logits = t_out
+            by.update({k: v for k, v in t_by.items() if k[1] in t_kinds})
         s_feats = by.get(("s", s_kinds[0]), []) if s_kinds else []
         t_feats = by.get(("t", t_kinds[0]), []) if t_kinds else []
         return Step(x, y, idx, s_logits, s_feats, t_logits, t_feats, epoch, self.student, self.teacher, by)
 
-    def _loss(self, stage: Stage | None, x, y, idx, epoch) -> torch.Tensor:
+    def teacher_forward(self, x, kinds) -> tuple[dict, torch.Tensor]:
+        """The frozen teacher on a batch (already in the run's memory format): features of each kind, logits."""
+        with torch.no_grad():
+            return _features(self.teacher, x, kinds, "t")
+
+    def _loss(self, stage: Stage | None, x, y, idx, epoch, t_out=None) -> torch.Tensor:
         """The cell's loss on one batch (forward included). No host synchronisation: capturable."""
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.recipe.amp):
-            step = self._forward(x, y, idx, epoch, stage)
+            step = self._forward(x, y, idx, epoch, stage, t_out)
             if stage is not None:
                 return stage.loss(step.select(stage.kinds))
             loss = self.cell.ce_weight * F.cross_entropy(step.s_logits, y) if self.cell.ce_weight else 0
@@ -327,13 +360,13 @@ class Run:
             return loss
 
     def make_step(self, stage: Stage | None, opt: torch.optim.Optimizer):
-        """step(x, y, idx, epoch_tensor) -> detached loss: forward, loss, backward, optimizer step,
+        """step(x, y, idx, epoch_tensor, t_out=None) -> detached loss: forward, loss, backward, optimizer step,
         run as the execution mode says (the compiled modes compile the loss and the update)."""
         loss_fn = self.execution.wrap(functools.partial(self._loss, stage))
         update = self.execution.wrap(opt.step)
 
-        def step(x, y, idx, epoch):
-            loss = loss_fn(x, y, idx, epoch)
+        def step(x, y, idx, epoch, t_out=None):
+            loss = loss_fn(x, y, idx, epoch, t_out)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             update()
@@ -365,73 +398,95 @@ class Run:
     def train(self, stop_after_epochs: int | None = None) -> dict:
         """Run all stages then the main training; returns the result record (also appended).
         `stop_after_epochs` interrupts after that many epochs in total (for resume tests)."""
-        started = dt.datetime.now(dt.timezone.utc)
-        self.git = dict(_git())
-        r = self.recipe
-        lr = r.lr_for(self.cell.student)
-        plan = [(i, s, s.epochs) for i, s in enumerate(self.stages)] + [(len(self.stages), None, r.epochs)]
-        state = self._load_state() or {}
-        if state:
-            self.student.load_state_dict(state["student"])
-            self.method_modules.load_state_dict(state["methods"])
-            self.log(f"resuming {self.id} seed {self.seed} at stage {state['stage']} epoch {state['epoch'] + 1}")
-        curve, stage_log = state.get("curve", []), state.get("stage_log", [])
-        elapsed, images = state.get("elapsed", 0.0), state.get("images", 0)
-        done_epochs = sum(len(x) for x in (curve, stage_log))
+        self.begin()
         try:
-            from kd.log import EpochLog
-            elog = EpochLog.for_run(self, sum(e for _, _, e in plan), done_epochs)     # bar / lines / CSV / TensorBoard
-            for si, stage, epochs in plan:
-                if state and si < state["stage"]:
-                    continue
-                params = (list(self.student.parameters()) + list(self.method_modules.parameters())
-                          if stage is None else stage.params)
-                opt = self._optimizer(params, lr if stage is None else (stage.lr or lr))
-                lrs = lr_schedule(r.schedule, opt.param_groups[0]["lr"], epochs,
-                                  r.milestones if stage is None else (), r.gamma)
-                dist.attach(opt)             # multi-process: average gradients over ranks before each step
-                start = 0
-                if state and si == state["stage"]:
-                    opt.load_state_dict(state["optimizer"])
-                    start = state["epoch"] + 1
-                step = self.make_step(stage, opt)
-                for epoch in range(start, epochs):
+            for si, stage, epochs in self.plan:
+                for epoch in self.stage_epochs(si, stage, epochs):
                     gen = _reseed(self.seed, si, epoch, self.device)
-                    set_lr(opt, lrs[epoch], self.execution.compiled, self.device)
                     t0 = time.perf_counter()
-                    loss = dist.mean(self._epoch(stage, step, gen, epoch))
-                    if self.device.type == "cuda":
-                        torch.cuda.synchronize()
-                    elapsed += time.perf_counter() - t0
-                    images += self.data.num_train
-                    if not math.isfinite(loss):
-                        raise FloatingPointError(f"non-finite loss ({loss}) in epoch {epoch + 1}"
-                                                 + (f" of stage '{stage.name}'" if stage else ""))
-                    if dist.world().main:    # multi-process: rank 0 alone evaluates and writes the state
-                        top1, top5 = evaluate(self.student, self.methods, self.data, self.execution.channels_last)
-                        entry = {"epoch": epoch + 1, "top1": round(top1, 4), "top5": round(top5, 4),
-                                 "train_loss": round(loss, 6), "lr": lrs[epoch]}
-                        (curve if stage is None else stage_log).append(entry if stage is None else {"stage": stage.name, **entry})
-                        elog.epoch(entry, stage, images, elapsed)
-                        self._save_state({"stage": si, "epoch": epoch, "student": self.student.state_dict(),
-                                          "methods": self.method_modules.state_dict(), "optimizer": opt.state_dict(),
-                                          "curve": curve, "stage_log": stage_log,
-                                          "elapsed": elapsed, "images": images})
-                    done_epochs += 1
-                    if stop_after_epochs is not None and done_epochs >= stop_after_epochs and (si, epoch + 1) != (plan[-1][0], epochs):
+                    loss = dist.mean(self._epoch(stage, self.step, gen, epoch))
+                    self.end_epoch(si, stage, epoch, loss, time.perf_counter() - t0)
+                    if stop_after_epochs is not None and self.done_epochs >= stop_after_epochs \
+                            and (si, epoch + 1) != (self.plan[-1][0], epochs):
                         raise KeyboardInterrupt
-                state = {}
-            elog.close()
         except FloatingPointError as e:
-            if dist.world().main:
-                record = self._record(started, curve, stage_log, elapsed, images, status="failed", error=str(e))
-                self.state_path.unlink(missing_ok=True)
-            raise KDError(f"{self.id} seed {self.seed}: {e}; recorded a failed run") from None
+            self.fail(e)
+        return self.finish()
+
+    def begin(self):
+        """The plan of stages, and where a resume state left it."""
+        self.started = dt.datetime.now(dt.timezone.utc)
+        self.git = dict(_git())
+        self.plan = [(i, s, s.epochs) for i, s in enumerate(self.stages)] + [(len(self.stages), None, self.recipe.epochs)]
+        self.state = self._load_state() or {}
+        if self.state:
+            self.student.load_state_dict(self.state["student"])
+            self.method_modules.load_state_dict(self.state["methods"])
+            self.log(f"resuming {self.id} seed {self.seed} at stage {self.state['stage']} epoch {self.state['epoch'] + 1}")
+        self.curve, self.stage_log = self.state.get("curve", []), self.state.get("stage_log", [])
+        self.elapsed, self.images = self.state.get("elapsed", 0.0), self.state.get("images", 0)
+        self.done_epochs = len(self.curve) + len(self.stage_log)
+        from kd.log import EpochLog
+        self.elog = EpochLog.for_run(self, sum(e for _, _, e in self.plan), self.done_epochs)   # bar/lines/CSV/TB
+
+    def stage_epochs(self, si: int, stage: Stage | None, epochs: int) -> range:
+        """Set up stage `si` (optimizer, LR of each epoch, the step) and return the epochs left to run."""
+        if self.state and si < self.state["stage"]:
+            return range(0)
+        lr = self.recipe.lr_for(self.cell.student)
+        params = (list(self.student.parameters()) + list(self.method_modules.parameters())
+                  if stage is None else stage.params)
+        self.opt = self._optimizer(params, lr if stage is None else (stage.lr or lr))
+        self.lrs = lr_schedule(self.recipe.schedule, self.opt.param_groups[0]["lr"], epochs,
+                               self.recipe.milestones if stage is None else (), self.recipe.gamma)
+        dist.attach(self.opt)            # multi-process: average gradients over ranks before each step
+        start = 0
+        if self.state and si == self.state["stage"]:
+            self.opt.load_state_dict(self.state["optimizer"])
+            start = self.state["epoch"] + 1
+        self.state = {}
+        self.step = self.make_step(stage, self.opt)
+        return _LREpochs(range(start, epochs), self)
+
+    def end_epoch(self, si: int, stage: Stage | None, epoch: int, loss: float, seconds: float):
+        """Check the loss, evaluate, log and save the resume state (rank 0 of several processes)."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        self.elapsed += seconds
+        self.images += self.data.num_train
+        self.done_epochs += 1
+        if not math.isfinite(loss):
+            raise FloatingPointError(f"non-finite loss ({loss}) in epoch {epoch + 1}"
+                                     + (f" of stage '{stage.name}'" if stage else ""))
+        if not dist.world().main:
+            return
+        top1, top5 = evaluate(self.student, self.methods, self.data, self.execution.channels_last)
+        entry = {"epoch": epoch + 1, "top1": round(top1, 4), "top5": round(top5, 4),
+                 "train_loss": round(loss, 6), "lr": self.lrs[epoch]}
+        (self.curve if stage is None else self.stage_log).append(entry if stage is None else {"stage": stage.name, **entry})
+        self.elog.epoch(entry, stage, self.images, self.elapsed)
+        self._save_state({"stage": si, "epoch": epoch, "student": self.student.state_dict(),
+                          "methods": self.method_modules.state_dict(), "optimizer": self.opt.state_dict(),
+                          "curve": self.curve, "stage_log": self.stage_log, "elapsed": self.elapsed,
+                          "images": self.images})
+
+    def fail(self, e: FloatingPointError):
+        """A non-finite loss: a failed line (no number), the resume state dropped, one-line error."""
+        self.elog.close()
+        if dist.world().main:
+            self._record(self.started, self.curve, self.stage_log, self.elapsed, self.images, status="failed", error=str(e))
+            self.state_path.unlink(missing_ok=True)
+        raise KDError(f"{self.id} seed {self.seed}: {e}; recorded a failed run") from None
+
+    def finish(self) -> dict:
+        """The checkpoint and the result line (rank 0 of several processes); the record."""
+        self.elog.close()
         record = None
-        if dist.world().main:            # multi-process: rank 0 alone writes the checkpoint and the line
+        if dist.world().main:
             ckpt = checkpoint_path(self.id, self.seed, self.store)
             sha = save_checkpoint(self.student, ckpt)
-            record = self._record(started, curve, stage_log, elapsed, images, checkpoint=str(ckpt), sha=sha)
+            record = self._record(self.started, self.curve, self.stage_log, self.elapsed, self.images,
+                                  checkpoint=str(ckpt), sha=sha)
             self.state_path.unlink(missing_ok=True)
         return dist.barrier_and_share(record)
 
@@ -448,7 +503,7 @@ class Run:
         rec.update(curve=curve, stage_curve=stage_log,
                    config={"cell": c.to_dict(), "recipe": asdict(self.recipe), "dataset_info": self.ds.info,
                            "num_train": self.ds.num_train, "num_test": self.data.num_test},
-                   teacher_cell=self.teacher_id, teacher_mode=self.teacher_mode,
+                   teacher_cell=self.teacher_id, teacher_mode=self.teacher_mode, group=self.group,
                    teacher_checkpoint_sha256=self.teacher_sha, git=self.git, versions=_versions(),
                    device=_device_name(self.device), execution=self.execution.record(self.device), wall_s=round(elapsed, 3),
                    images_per_s=round(images / elapsed, 1) if elapsed else None,
