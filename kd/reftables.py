@@ -31,7 +31,7 @@ KNOWN_METHODS = frozenset(
     "baseline kd dkd bss fitnet at fsp nst ft ab vid ofd reviewkd srrl srd remd ipot sp cc rkd rkd_d "
     "rkd_a rkd_da pkt crd dml one kdsvd deit_hard deit_soft civt dearkd uskd funmatch".split())
 KNOWN_RECIPES = frozenset("crd sarfraz svhn_ot imagenet deit fsp_full fsp_third digits c10jpeg_teacher c10jpeg_student "
-                           "c10jpeg_short".split())
+                           "c10jpeg_short c10jpeg_column c10jpeg_column_teacher".split())
 # Methods whose published number has no single teacher network (online KD, ensemble teachers).
 TEACHERLESS = frozenset({"dml", "one", "civt"})
 _DATASET_RE = re.compile(r"^(cifar10|cifar100|cifar10_jpeg|svhn|imagenet|digits)(-(noisy|imb|sub|test)\d+(\.\d+)?)*$")
