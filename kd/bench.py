@@ -257,3 +257,60 @@ def bench(cell_id: str, *, modes=None, device=None, steps=30, warmup=10, rounds=
         append_record(line, path)
     log(f"{len(out)} speed lines appended to {path}")
     return out
+
+
+def bench_group(table: str, *, seed=0, overrides=None, device=None, threads=None, data_root=None, results=None,
+                log=print) -> dict:
+    """Whole wall time of a table's runs (one seed, under `overrides`) one by one and grouped
+    (kd/group.py), in one process on the same machine; checks that both wrote the same result lines
+    (curves, checkpoint sha256) and appends one line to <results>/speed/group.jsonl. Teachers are
+    trained first, untimed, into a store both passes share."""
+    from kd.cells import load_recipe
+    from kd.group import run_grouped
+    from kd.results import append_record, read_records, results_root
+    from kd.table import plan, table_by_name
+    from kd.train import _device_name, _git, _versions, run_cell
+    if threads:
+        torch.set_num_threads(threads)
+    ov = dict(overrides or {})
+    cells, _ = plan(table_by_name(table), ov, [seed])
+    teachers = {c.teacher_cell(load_recipe(c.recipe)).id for c in cells if c.teacher}
+    cells = [c for c in cells if c.id not in teachers]
+    quiet = dict(device=device, data_root=data_root, progress=False, log=lambda *a: None)
+    with tempfile.TemporaryDirectory(prefix="kd-bench-group-") as tmp:
+        store = Path(tmp) / "store"
+        from kd.train import Run
+        for c in [c for c in cells if c.teacher]:          # teachers trained (once) before any timing
+            r = Run(c, load_recipe(c.recipe).with_overrides(**ov), seed,
+                    torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")), data_root, store,
+                    Path(tmp) / "teachers", progress=False, log=lambda *a: None)
+            r.load_data()
+            r.get_teacher()
+        walls = {}
+        for mode in ("one_by_one", "grouped"):
+            out = Path(tmp) / mode
+            t0 = time.perf_counter()
+            if mode == "grouped":
+                _, errors = run_grouped([(c, seed) for c in cells], ov, store=store, results_dir=out, **quiet)
+            else:
+                errors = []
+                for c in cells:
+                    try:
+                        run_cell(c, seed, overrides=ov, store=store, results_dir=out, **quiet)
+                    except KDError as e:
+                        errors.append(str(e))
+            walls[mode] = time.perf_counter() - t0
+            walls[mode + "_errors"] = errors
+        key = lambda rs: {(r["cell_id"], r["seed"]): (r["curve"], r.get("checkpoint_sha256")) for r in rs}  # noqa: E731
+        same = key(read_records(Path(tmp) / "one_by_one")) == key(read_records(Path(tmp) / "grouped"))
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    line = {"kind": "group-speed", "table": table, "seed": seed, "overrides": ov, "cells": [c.id for c in cells],
+            "wall_s_one_by_one": round(walls["one_by_one"], 2), "wall_s_grouped": round(walls["grouped"], 2),
+            "ratio": round(walls["one_by_one"] / walls["grouped"], 3), "identical_result_lines": same,
+            "failed": walls["grouped_errors"], "device": _device_name(dev), "threads": torch.get_num_threads(),
+            "versions": _versions(), "git": dict(_git()),
+            "when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "argv": sys.argv[1:]}
+    append_record(line, results_root(results) / "speed" / "group.jsonl")
+    log(f"{table}: {len(cells)} runs, one by one {line['wall_s_one_by_one']} s, grouped {line['wall_s_grouped']} s, "
+        f"ratio {line['ratio']}x; identical result lines: {same}")
+    return line

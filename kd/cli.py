@@ -129,6 +129,13 @@ def _submit(a, cells, seeds, ov) -> bool:
     return True
 
 
+def cmd_bench_group(a):
+    from kd.bench import bench_group
+    ov = {k: v for k, v in {"epochs": a.epochs, "subset": a.subset, "batch_size": a.batch_size}.items() if v}
+    bench_group(a.table, seed=a.seed, overrides=ov, device=a.device, threads=a.threads, data_root=a.data_root,
+                results=a.results)
+
+
 def cmd_run(a):
     from kd.cells import find_cell, load_recipe
     from kd.dist import launch_rank
@@ -400,6 +407,18 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--no-channels-last", action="store_true")
     b.add_argument("--results", help="speed lines go to <results>/speed/bench.jsonl")
     b.set_defaults(fn=cmd_bench)
+
+    bg = sub.add_parser("bench-group", help="wall time of a table's runs one by one vs grouped (one teacher forward)")
+    bg.add_argument("table", help="a reference table id, e.g. sarfraz2020_table3_jpeg_resnet8")
+    bg.add_argument("--seed", type=int, default=0)
+    bg.add_argument("--epochs", type=int, help="override (as kd table)")
+    bg.add_argument("--subset", type=int, help="override (as kd table)")
+    bg.add_argument("--batch-size", type=int, help="override (as kd table)")
+    bg.add_argument("--threads", type=int)
+    bg.add_argument("--device")
+    bg.add_argument("--data-root")
+    bg.add_argument("--results", help="the line goes to <results>/speed/group.jsonl")
+    bg.set_defaults(fn=cmd_bench_group)
 
     try:
         a = p.parse_args(argv)

@@ -32,3 +32,12 @@ def test_bench_bad_input_is_one_line(tmp_path, capsys, args, msg):
     err = capsys.readouterr().err
     assert err.startswith("kd: error:") and msg in err and err.count("\n") == 1
     assert not (tmp_path / "speed").exists()
+
+
+def test_bench_group_times_both_ways_and_checks_identical_lines(tmp_path, capsys):
+    assert main(["bench-group", "recorded_digits", "--epochs", "1", "--device", "cpu", "--threads", "1",
+                 "--results", str(tmp_path)]) == 0
+    (line,) = [json.loads(x) for x in (tmp_path / "speed" / "group.jsonl").read_text().splitlines()]
+    assert line["kind"] == "group-speed" and len(line["cells"]) == 2 and line["identical_result_lines"] is True
+    assert line["wall_s_one_by_one"] > 0 and line["wall_s_grouped"] > 0 and line["failed"] == []
+    assert read_records(tmp_path) == []                  # the runs went to a temporary folder
