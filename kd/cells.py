@@ -98,9 +98,11 @@ def check_seed(seed, what: str = "seed") -> int:
 
 
 def check_override(key: str, value) -> None:
-    """The quick-check overrides: epochs, batch_size, subset whole numbers >= 1; lr a finite number > 0."""
+    """The overrides: epochs, batch_size, subset whole numbers >= 1; lr a finite number > 0; precision fp32|bf16."""
     if key == "lr":
         _need(is_number(value) and value > 0, key, value, "a finite number > 0")
+    elif key == "precision":
+        _need(value in ("fp32", "bf16"), key, value, "fp32 or bf16")
     else:
         _need(is_int(value) and value >= 1, key, value, "a whole number >= 1")
 
@@ -201,19 +203,15 @@ class Recipe:
         bad = set(ov) - {"epochs", "batch_size", "lr", "subset", "precision"}
         if bad:
             raise KDError(f"unknown override(s) {', '.join(sorted(bad))}; valid: epochs, batch_size, lr, subset, precision")
-        if ov.get("precision", "fp32") not in ("fp32", "bf16"):
-            raise KDError(f"override precision = {ov['precision']!r}: must be fp32 or bf16")
-        if ov.get("precision") == ("bf16" if self.amp else "fp32"):
-            ov.pop("precision")                  # the recipe's own precision: the same protocol, the same id
-            if not ov:
-                return self
         for k, v in ov.items():
-            if k == "precision":
-                continue
             try:
                 check_override(k, v)
             except FieldError as e:
                 raise KDError(f"override {e}") from None
+        if ov.get("precision") == ("bf16" if self.amp else "fp32"):
+            ov.pop("precision")                  # the recipe's own precision: the same protocol, the same id
+            if not ov:
+                return self
         changes = {k: v for k, v in ov.items() if k not in ("subset", "precision")}
         if "precision" in ov:
             changes["amp"] = ov["precision"] == "bf16"      # bf16 autocast: another recipe id

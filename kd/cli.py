@@ -50,13 +50,9 @@ def _check_run_args(a) -> dict:
     for seed in a.seed:
         check_seed(seed, "--seed")
     a.device = _device(a.device)
-    ov = {k: v for k, v in {"epochs": a.epochs, "batch_size": a.batch_size, "lr": a.lr, "subset": a.subset}.items()
-          if v is not None}
-    if getattr(a, "precision", None):
-        ov["precision"] = a.precision                 # choices checked by argparse
+    ov = {k: v for k, v in {"epochs": a.epochs, "batch_size": a.batch_size, "lr": a.lr, "subset": a.subset,
+                            "precision": getattr(a, "precision", None)}.items() if v is not None}
     for k, v in ov.items():
-        if k == "precision":
-            continue
         try:
             check_override(k, v)
         except FieldError as e:

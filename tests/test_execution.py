@@ -142,3 +142,12 @@ def test_cuda_modes_equal_eager(data_root, mode):
         out[m] = {k: v.detach().cpu() for k, v in run.student.state_dict().items()}
     for k, v in out["eager"].items():
         torch.testing.assert_close(out[mode][k], v, rtol=1e-3, atol=1e-4, msg=k)   # TF32 convs both ways
+
+
+def test_bf16_is_a_recipe_tier_with_its_own_id():
+    r = load_recipe("crd")
+    bf = r.with_overrides(precision="bf16")
+    assert bf.amp and bf.id == "crd~precision=bf16" and not r.amp
+    assert r.with_overrides(precision="fp32") is r                 # the recipe's own precision: same id
+    with pytest.raises(KDError, match="precision = 'fp16': must be fp32 or bf16"):
+        r.with_overrides(precision="fp16")
