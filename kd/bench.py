@@ -5,7 +5,9 @@ student and teacher forward, the cell's loss, backward, optimizer update) on syn
 cell's dataset shape when its data is not at hand (the content does not change the time), a randomly
 initialised teacher, at the recipe's batch size (or --batch-size). Each contender warms up (`--warmup` steps: compilation, CUDA graph
 records, cuDNN autotuning) and is then timed over `--steps` steps, ended by a device sync; contenders
-alternate over `--rounds` rounds, and the median round is reported. Nothing here writes an accuracy:
+alternate over `--rounds` rounds, and the median round is reported (every round is kept in the line).
+Peak memory is CUDA's max_memory_allocated during the timed steps (null on the CPU, where no
+allocator reports a per-contender peak). Nothing here writes an accuracy:
 the lines go to <results>/speed/bench.jsonl, which no reading command takes for a result.
 
 Side by side (`--repdistiller PATH`): RepDistiller's own `train_distill` (helper/loops.py) runs from

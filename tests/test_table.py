@@ -34,8 +34,8 @@ def test_table_interrupted_then_restarted_records_each_cell_once(isolated, monke
         return real(cell, seed, **kw, stop_after_epochs=1 if len(calls) == 2 else None)
 
     monkeypatch.setattr(kd.train, "run_cell", interrupt_second)
-    with pytest.raises(KeyboardInterrupt):
-        run_table("recorded_digits", [0], {"epochs": 2}, progress=False, log=lambda *a: None)
+    with pytest.raises(KeyboardInterrupt):      # one by one (a killed group: tests/test_group.py)
+        run_table("recorded_digits", [0], {"epochs": 2}, progress=False, group=False, log=lambda *a: None)
     assert len(read_records(isolated / "results")) == 1
     monkeypatch.setattr(kd.train, "run_cell", real)
     run_table("recorded_digits", [0], {"epochs": 2}, progress=False, log=lambda *a: None)
