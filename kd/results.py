@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import math
 import os
 import sys
 from pathlib import Path

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from kd.cells import Cell, find_cell, load_cells, load_recipe, read_yaml
+from kd.cells import Cell, find_cell, load_cells, load_recipe
 from kd.data import DeviceData, apply_variant, imbalance_counts, load_dataset
 from kd.errors import KDError
 from kd.results import append_record, read_records

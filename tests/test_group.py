@@ -6,7 +6,6 @@ from __future__ import annotations
 import pytest
 
 from kd.cells import Cell
-from kd.errors import KDError
 from kd.group import partition, run_grouped
 from kd.results import read_records
 from kd.train import Run, run_cell

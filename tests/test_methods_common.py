@@ -3,7 +3,6 @@ steps on random data with a finite loss, and every trainable part the method own
 (memory banks: their buffers change); declared stages run and train their parameters."""
 from __future__ import annotations
 
-import copy
 import sys
 from pathlib import Path
 
