@@ -138,26 +138,43 @@ def cmd_run(a):
     from kd.ids import cell_id
     from kd.results import recorded_seeds, results_root
     ov = _check_run_args(a)
-    cell = find_cell(a.cell)
-    if _submit(a, [cell], a.seed, ov):
+    cells = [find_cell(c) for c in dict.fromkeys(a.cell)]
+    if _submit(a, cells, a.seed, ov):
         return
-    cid = cell_id(cell.dataset, cell.label, cell.student, cell.teacher, load_recipe(cell.recipe).with_overrides(**ov).id)
-    done = set() if a.force else recorded_seeds(cid, a.results)
-    for seed in [s for s in a.seed if s in done]:
-        if launch_rank() == 0:
-            print(f"{cid} seed {seed}: already recorded under {results_root(a.results)}; skipped (--force runs it again)")
-    todo = [s for s in a.seed if s not in done]
+    todo = []
+    for cell in cells:
+        cid = cell_id(cell.dataset, cell.label, cell.student, cell.teacher, load_recipe(cell.recipe).with_overrides(**ov).id)
+        done = set() if a.force else recorded_seeds(cid, a.results)
+        for seed in a.seed:
+            if seed not in done:
+                todo.append((cell, seed))
+            elif launch_rank() == 0:
+                print(f"{cid} seed {seed}: already recorded under {results_root(a.results)}; skipped (--force runs it again)")
     if not todo:
         return
     _logging(a)
+    kw = dict(device=a.device, data_root=a.data_root, store=a.store, results_dir=a.results,
+              progress=not a.no_progress, execution=_execution(a))
+    if len(cells) > 1 and not a.no_group:          # several cells: those sharing a teacher train together
+        from kd.group import run_grouped
+        recs, errors = run_grouped(todo, ov, **kw)
+        for rec in recs:
+            _summary(rec, rec["seed"])
+        if errors:
+            raise KDError(f"{len(errors)} run(s) failed and were recorded as failed (the others finished): "
+                          + "; ".join(errors))
+        return
     from kd.train import run_cell
-    for seed in todo:
-        rec = run_cell(cell, seed, device=a.device, overrides=ov, data_root=a.data_root, store=a.store,
-                       results_dir=a.results, progress=not a.no_progress, execution=_execution(a))
-        if launch_rank() == 0:           # under torchrun: one summary, from rank 0
-            print(f"{rec['cell_id']} seed {seed}: top-1 last {rec['top1_last']:.2f} best {rec['top1_best']:.2f} "
-                  f"(epoch {rec['best_epoch']}), {rec['images_per_s']} img/s on {rec['device']}"
-                  + (f", {rec['world_size']} processes" if rec.get("world_size", 1) > 1 else ""))
+    for cell, seed in todo:
+        _summary(run_cell(cell, seed, overrides=ov, **kw), seed)
+
+
+def _summary(rec, seed):
+    from kd.dist import launch_rank
+    if launch_rank() == 0:               # under torchrun: one summary, from rank 0
+        print(f"{rec['cell_id']} seed {seed}: top-1 last {rec['top1_last']:.2f} best {rec['top1_best']:.2f} "
+              f"(epoch {rec['best_epoch']}), {rec['images_per_s']} img/s on {rec['device']}"
+              + (f", {rec['world_size']} processes" if rec.get("world_size", 1) > 1 else ""))
 
 
 def cmd_list(a):
@@ -318,7 +335,9 @@ def main(argv: list[str] | None = None) -> int:
     sub = p.add_subparsers(dest="cmd", required=True)
 
     r = sub.add_parser("run", help="train one cell (its teacher first when none is stored)")
-    r.add_argument("cell", help="cell id, e.g. cifar100/kd/resnet8x4_from_resnet32x4/crd (see `kd list`)")
+    r.add_argument("cell", nargs="+", help="cell id(s), e.g. cifar100/kd/resnet8x4_from_resnet32x4/crd (see `kd list`); "
+                                           "several cells that share a teacher train together (--no-group: one by one)")
+    r.add_argument("--no-group", action="store_true", help="with several cells: run them one by one")
     r.add_argument("--seed", type=int, nargs="+", default=[0], help="one or more seeds (default 0)")
     r.add_argument("--epochs", type=int, help="override: epochs (milestones scale); recorded as another recipe")
     r.add_argument("--batch-size", type=int, help="override: batch size")

@@ -117,3 +117,12 @@ def test_table_groups_by_default_and_no_group_turns_it_off(tmp_path, flag, capsy
     student = [r for cid, r in recs.items() if "tiny_s" in cid]
     assert len(student) == 2 and all(r["status"] == "ok" for r in student)
     assert all((r["group"] or {}).get("size") == (None if flag else 2) for r in student)
+
+
+def test_kd_run_with_several_cells_groups_them(tmp_path):
+    from kd.cli import main
+    cells = ["digits-sub400/kd/tiny_s_from_tiny_t/digits", "digits-sub400/baseline/tiny_s/digits"]
+    assert main(["run", *cells, "--epochs", "1", "--device", "cpu", "--no-progress", "--results", str(tmp_path / "r"),
+                 "--store", str(tmp_path / "s")]) == 0
+    recs = [r for r in read_records(tmp_path / "r") if "tiny_s" in r["cell_id"]]
+    assert len(recs) == 2 and all(r["group"]["size"] == 2 for r in recs)
