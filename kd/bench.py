@@ -274,6 +274,7 @@ def bench_group(table: str, *, seed=0, overrides=None, device=None, threads=None
     from kd.train import _device_name, _git, _versions, run_cell
     if threads:
         torch.set_num_threads(threads)
+    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     ov = dict(overrides or {})
     cells, _ = plan(table_by_name(table), ov, [seed])
     teachers = {c.teacher_cell(load_recipe(c.recipe)).id for c in cells if c.teacher}
@@ -283,8 +284,7 @@ def bench_group(table: str, *, seed=0, overrides=None, device=None, threads=None
         store = Path(tmp) / "store"
         from kd.train import Run
         for c in [c for c in cells if c.teacher]:          # teachers trained (once) before any timing
-            r = Run(c, load_recipe(c.recipe).with_overrides(**ov), seed,
-                    torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu")), data_root, store,
+            r = Run(c, load_recipe(c.recipe).with_overrides(**ov), seed, dev, data_root, store,
                     Path(tmp) / "teachers", progress=False, log=lambda *a: None)
             r.load_data()
             r.get_teacher()
@@ -305,7 +305,6 @@ def bench_group(table: str, *, seed=0, overrides=None, device=None, threads=None
             walls[mode + "_errors"] = errors
         key = lambda rs: {(r["cell_id"], r["seed"]): (r["curve"], r.get("checkpoint_sha256")) for r in rs}  # noqa: E731
         same = key(read_records(Path(tmp) / "one_by_one")) == key(read_records(Path(tmp) / "grouped"))
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     line = {"kind": "group-speed", "table": table, "seed": seed, "overrides": ov, "cells": [c.id for c in cells],
             "wall_s_one_by_one": round(walls["one_by_one"], 2), "wall_s_grouped": round(walls["grouped"], 2),
             "ratio": round(walls["one_by_one"] / walls["grouped"], 3), "identical_result_lines": same,

@@ -60,11 +60,17 @@ class Execution:
     def for_methods(self, methods, log=print) -> "Execution":
         """Eager, announced, when a method of the cell cannot be captured."""
         bad = [type(m).__name__ for m in methods if not getattr(m, "capturable", True)]
-        if not self.compiled or not bad:
+        if not bad:
             return self
-        why = f"{', '.join(bad)} cannot be captured (a host decision per step); running eagerly"
-        log(f"execution mode '{self.mode}' requested: {why}")
-        return Execution("eager", self.channels_last, fallback=f"{self.mode} -> eager: {why}", backend=self.backend)
+        return self.fall_back(f"{', '.join(bad)} cannot be captured (a host decision per step)", log)
+
+    def fall_back(self, why: str, log=print) -> "Execution":
+        """Eager instead of a compiled mode, announced once and recorded (`fallback`); itself if eager."""
+        if not self.compiled:
+            return self
+        log(f"execution mode '{self.mode}' requested: {why}; running eagerly")
+        return Execution("eager", self.channels_last, fallback=f"{self.mode} -> eager: {why}; running eagerly",
+                         backend=self.backend)
 
     def record(self, device: torch.device) -> dict:
         rec = {"mode": self.mode, "channels_last": self.channels_last, "fallback": self.fallback}

@@ -120,10 +120,10 @@ def _own_rng(state: dict, device: torch.device):
 
 def train_group(runs: list, log=print) -> tuple[list[dict], list[str]]:
     """Train the built runs of one group together; (records of the members that finished, errors)."""
-    from kd.execution import set_lr
     from kd.train import _reseed
-    states = {(st.get("stage"), st.get("epoch")) for st in (r._load_state() or {} for r in runs)}
-    if len(runs) == 1 or len(states) > 1:
+    for r in runs:
+        r.begin()                                       # each loads its own resume state, if any
+    if len(runs) == 1 or len({(r.state.get("stage"), r.state.get("epoch")) for r in runs}) > 1:
         if len(runs) > 1:
             log(f"group of {len(runs)}: members stopped at different epochs; each resumes on its own")
         out = [_alone(r) for r in runs]
@@ -131,9 +131,8 @@ def train_group(runs: list, log=print) -> tuple[list[dict], list[str]]:
     lead, ids = runs[0], [r.id for r in runs]
     for r in runs:
         r.group = {"size": len(runs), "members": ids}
-        r.begin()
     (si, _, epochs), = lead.plan
-    start = [r.stage_epochs(si, None, epochs) for r in runs][0].epochs.start
+    start = [r.stage_epochs(si, None, epochs) for r in runs][0].start
     users = [r for r in runs if r.teacher is not None and r._phase[None][2]]      # members that read the teacher
     kinds = tuple(sorted({k for r in users for k in r._phase[None][1]}))
     alive, errors = list(runs), []
@@ -145,17 +144,15 @@ def train_group(runs: list, log=print) -> tuple[list[dict], list[str]]:
             base["cuda"] = torch.cuda.get_rng_state(lead.device)
         rngs = {r.id: dict(base) for r in alive}       # every member starts the epoch where a lone run would
         for r in alive:
-            set_lr(r.opt, r.lrs[epoch], r.execution.compiled, r.device)
-            r.student.train(), r.method_modules.train()
+            r.set_epoch_lr(epoch)
+            r.train_mode(None)
         epoch_t = torch.full((), float(epoch), device=lead.device)
         totals = {r.id: torch.zeros((), device=lead.device) for r in alive}
         t0 = time.perf_counter()
         for idx, x, y in data.train_batches(bs, gen):
             t_out = None
             if users:                                   # once for the group, as each member would run it
-                xt = x.contiguous(memory_format=torch.channels_last) if lead.execution.channels_last else x
-                with torch.autocast(lead.device.type, dtype=torch.bfloat16, enabled=lead.recipe.amp):
-                    t_out = users[0].teacher_forward(xt, kinds)
+                t_out = users[0].teacher_forward(x, kinds)
             for r in alive:
                 with _own_rng(rngs[r.id], r.device):
                     totals[r.id] += r.step(x, y, idx, epoch_t, t_out if r in users else None)
@@ -173,7 +170,8 @@ def train_group(runs: list, log=print) -> tuple[list[dict], list[str]]:
 
 
 def _alone(run) -> tuple[list[dict], list[str]]:
+    """A begun run trained on its own: ([record], []) or ([], [its one-line error])."""
     try:
-        return [run.train()], []
+        return [run.train_begun()], []
     except KDError as e:
         return [], [str(e)]

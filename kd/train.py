@@ -180,21 +180,6 @@ def evaluate(student: nn.Module, methods: list[Method], data: DeviceData,
     return 100.0 * float(c1) / n, 100.0 * float(c5) / n
 
 
-class _LREpochs:
-    """The epochs of a stage; entering each writes its learning rate into the run's optimizer."""
-
-    def __init__(self, epochs: range, run: "Run"):
-        self.epochs, self.run = epochs, run
-
-    def __iter__(self):
-        for epoch in self.epochs:
-            set_lr(self.run.opt, self.run.lrs[epoch], self.run.execution.compiled, self.run.device)
-            yield epoch
-
-    def __len__(self):
-        return len(self.epochs)
-
-
 class Run:
     """One (cell, seed) run: everything needed to train, checkpoint, resume and record it."""
 
@@ -297,10 +282,9 @@ class Run:
         for s in self.stages:
             self._phase[id(s)] = ((s.kinds[0],) if s.student_forward else (), (s.kinds[1],), True)
         self.execution = self.execution.for_methods(self.methods, self.log)
-        if dist.world().size > 1 and self.execution.compiled:      # the gradient all-reduce is an optimizer hook
-            why = f"{self.execution.mode} -> eager: {dist.world().size} processes average gradients in an optimizer hook"
-            self.log(f"execution: {why}")
-            self.execution = Execution("eager", self.execution.channels_last, fallback=why)
+        if dist.world().size > 1:                   # the gradient all-reduce is an optimizer hook
+            self.execution = self.execution.fall_back(
+                f"{dist.world().size} processes average gradients in an optimizer hook", self.log)
         if self.execution.channels_last:
             for m in (self.student, teacher, self.method_modules):
                 if m is not None:
@@ -342,8 +326,11 @@ class Run:
         return Step(x, y, idx, s_logits, s_feats, t_logits, t_feats, epoch, self.student, self.teacher, by)
 
     def teacher_forward(self, x, kinds) -> tuple[dict, torch.Tensor]:
-        """The frozen teacher on a batch (already in the run's memory format): features of each kind, logits."""
-        with torch.no_grad():
+        """The frozen teacher on a batch, in the run's memory format and precision: features of each
+        kind, logits (a group runs it once for all its members, kd/group.py)."""
+        if self.execution.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)      # a no-op inside _forward
+        with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.recipe.amp):
             return _features(self.teacher, x, kinds, "t")
 
     def _loss(self, stage: Stage | None, x, y, idx, epoch, t_out=None) -> torch.Tensor:
@@ -373,13 +360,21 @@ class Run:
             return loss.detach()
         return step
 
-    def _epoch(self, stage: Stage | None, step, gen, epoch: int) -> float:
+    def train_mode(self, stage: Stage | None):
+        """The student and method modules in train mode, or for a stage with `train_modules` only those."""
         train_all = stage is None or stage.train_modules is None
         self.student.train(train_all)
         self.method_modules.train(train_all)
         if not train_all:
             for m in stage.train_modules:         # e.g. the student's feature modules + connectors
                 m.train()
+
+    def set_epoch_lr(self, epoch: int):
+        """This epoch's learning rate of the current stage into its optimizer."""
+        set_lr(self.opt, self.lrs[epoch], self.execution.compiled, self.device)
+
+    def _epoch(self, stage: Stage | None, step, gen, epoch: int) -> float:
+        self.train_mode(stage)
         epoch_t = torch.full((), float(epoch), device=self.device)   # a tensor: no recompile per epoch
         total = torch.zeros((), device=self.device)                    # summed on the device: no sync per step
         for idx, x, y in self.data.train_batches(self.recipe.batch_size, gen):
@@ -399,9 +394,14 @@ class Run:
         """Run all stages then the main training; returns the result record (also appended).
         `stop_after_epochs` interrupts after that many epochs in total (for resume tests)."""
         self.begin()
+        return self.train_begun(stop_after_epochs)
+
+    def train_begun(self, stop_after_epochs: int | None = None) -> dict:
+        """`train` after `begin` (a group that could not train its members together calls this)."""
         try:
             for si, stage, epochs in self.plan:
                 for epoch in self.stage_epochs(si, stage, epochs):
+                    self.set_epoch_lr(epoch)
                     gen = _reseed(self.seed, si, epoch, self.device)
                     t0 = time.perf_counter()
                     loss = dist.mean(self._epoch(stage, self.step, gen, epoch))
@@ -446,7 +446,7 @@ class Run:
             start = self.state["epoch"] + 1
         self.state = {}
         self.step = self.make_step(stage, self.opt)
-        return _LREpochs(range(start, epochs), self)
+        return range(start, epochs)
 
     def end_epoch(self, si: int, stage: Stage | None, epoch: int, loss: float, seconds: float):
         """Check the loss, evaluate, log and save the resume state (rank 0 of several processes)."""
