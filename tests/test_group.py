@@ -15,11 +15,13 @@ SAME = ("curve", "top1_last", "top1_best", "top5_last", "best_epoch", "checkpoin
 
 
 def cells():
-    """A column: baseline, KD, CRD+KD (negatives from the global generator), AT (features)."""
+    """A column: baseline, KD, CRD and CRD+KD (two members drawing negatives from the global generator:
+    interleaved draws would change both), AT (features)."""
     c = lambda label, terms, ce=1.0, teacher="tiny_t": Cell("cifar100", label, "tiny_s", teacher, "crd",  # noqa: E731
                                                           ce_weight=ce, terms=terms)
     return [c("baseline", (), teacher=None),
             c("kd", ({"name": "kd", "weight": 0.9, "T": 4},), ce=0.1),
+            c("crd", ({"name": "crd", "weight": 0.8, "nce_k": 16},)),
             c("crd+kd", ({"name": "crd", "weight": 0.8, "nce_k": 16}, {"name": "kd", "weight": 1.0})),
             c("at", ({"name": "at", "weight": 1000.0},))]
 
@@ -43,23 +45,23 @@ def test_grouped_equals_one_by_one_bit_for_bit(data_root, tmp_path, one_by_one):
     said = []
     recs, errors = run_grouped([(c, 0) for c in cells()], OV, data_root=data_root, store=tmp_path / "s2",
                                results_dir=tmp_path / "r2", **quiet(said.append))
-    assert errors == [] and len(recs) == 4
+    assert errors == [] and len(recs) == len(cells())
     grouped = lines(tmp_path / "r2")
     assert grouped.keys() == one_by_one.keys()
     for k, rec in grouped.items():
         assert {f: rec[f] for f in SAME} == {f: one_by_one[k][f] for f in SAME}, k
-        assert rec["group"]["size"] == 4 and k[0] in rec["group"]["members"]
-    assert any("training 4 runs together" in s for s in said)
+        assert rec["group"]["size"] == len(cells()) and k[0] in rec["group"]["members"]
+    assert any(f"training {len(cells())} runs together" in s for s in said)
 
 
 def test_a_failing_member_is_recorded_and_the_others_go_on(data_root, tmp_path, one_by_one):
     bad = Cell("cifar100", "kd", "tiny_s", "tiny_t", "crd", ce_weight=1e38, terms=({"name": "kd", "weight": 1e38},))
-    members = [(c, 0) for c in cells()[1:3]] + [(bad, 0)]
+    members = [(c, 0) for c in cells()[1:4]] + [(bad, 0)]
     import dataclasses
     members[-1] = (dataclasses.replace(bad, label="kd+kd"), 0)          # another id, same column
     recs, errors = run_grouped(members, OV, data_root=data_root, store=tmp_path / "s2", results_dir=tmp_path / "r2",
                                **quiet())
-    assert len(recs) == 2 and len(errors) == 1 and "non-finite loss" in errors[0]
+    assert len(recs) == 3 and len(errors) == 1 and "non-finite loss" in errors[0]
     got = lines(tmp_path / "r2")
     failed = [r for r in got.values() if r["status"] == "failed"]
     assert len(failed) == 1 and failed[0]["cell_id"].startswith("cifar100/kd+kd/")
@@ -68,9 +70,9 @@ def test_a_failing_member_is_recorded_and_the_others_go_on(data_root, tmp_path, 
             assert {f: rec[f] for f in SAME} == {f: one_by_one[k][f] for f in SAME}, k
 
 
-@pytest.mark.parametrize("kill_after", [4, 6], ids=["all-members-saved", "members-at-different-epochs"])
+@pytest.mark.parametrize("kill_after", [5, 7], ids=["all-members-saved", "members-at-different-epochs"])
 def test_a_killed_group_resumes_every_member(data_root, tmp_path, one_by_one, monkeypatch, kill_after):
-    """Killed after the 4th member's first epoch (all saved epoch 1) or after the 2nd member's second
+    """Killed after the 5th (last) member's first epoch (all saved epoch 1) or after the 2nd member's second
     epoch (members at different epochs: each resumes alone); the rerun's lines equal one by one."""
     calls = {"n": 0}
     real = Run.end_epoch
@@ -105,7 +107,7 @@ def test_partition_keeps_stage_runs_alone_and_puts_the_baseline_in_its_column(da
         r.build(*r.get_teacher())
         runs.append(r)
     groups = sorted(partition(runs), key=len)
-    assert [len(g) for g in groups] == [1, 4] and groups[0][0].cell is fitnet
+    assert [len(g) for g in groups] == [1, len(cells())] and groups[0][0].cell is fitnet
 
 
 @pytest.mark.parametrize("flag", [[], ["--no-group"]], ids=["grouped", "no-group"])
