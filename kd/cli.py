@@ -46,7 +46,7 @@ def _device(name: str | None) -> str | None:
 
 def _check_run_args(a) -> dict:
     """Seeds, device and overrides of `kd run` / `kd table`, checked before anything runs."""
-    from kd.cells import FieldError, check_override, check_seed
+    from kd.catalog.cells import FieldError, check_override, check_seed
     for seed in a.seed:
         check_seed(seed, "--seed")
     a.device = _device(a.device)
@@ -76,7 +76,7 @@ def _common(p: argparse.ArgumentParser):
 
 
 def _logging(a):
-    from kd.log import configure
+    from kd.records.log import configure
     if getattr(a, "tensorboard", None):
         configure(tensorboard=a.tensorboard)
 
@@ -86,13 +86,13 @@ def _execution(a):
     if not a.mode and not a.no_channels_last:
         return None
     import torch
-    from kd.execution import resolve
+    from kd.engine.execution import resolve
     dev = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     return resolve(dev, a.mode, False if a.no_channels_last else None)
 
 
 def cmd_bench(a):
-    from kd.bench import bench
+    from kd.commands.bench import bench
     bench(a.cell, modes=a.modes, device=a.device, steps=a.steps, warmup=a.warmup, rounds=a.rounds,
           threads=a.threads, batch_size=a.batch_size, repdistiller=a.repdistiller, workers=a.workers,
           results=a.results, channels_last=not a.no_channels_last, data_root=a.data_root)
@@ -104,7 +104,7 @@ def _executor_flags(p: argparse.ArgumentParser):
                    help="local: train here (default); slurm: submit job arrays through submitit and return")
     g.add_argument("--slurm-config", help="YAML file of Slurm options (flags below win)")
     g.add_argument("--partition"), g.add_argument("--account"), g.add_argument("--qos")
-    g.add_argument("--gpus-per-job", type=int, help="GPUs per run (>1: one data-parallel job, kd.dist)")
+    g.add_argument("--gpus-per-job", type=int, help="GPUs per run (>1: one data-parallel job, kd.engine.dist)")
     g.add_argument("--cpus-per-task", type=int, help="CPUs per task (one task per GPU)")
     g.add_argument("--mem-gb", type=float), g.add_argument("--time-min", type=int, help="time limit per job")
     g.add_argument("--sbatch", action="append", metavar="KEY=VALUE", help="extra sbatch flag (repeatable)")
@@ -119,58 +119,60 @@ def _submit(a, cells, seeds, ov) -> bool:
         if given:
             raise KDError(f"{', '.join(given)}: Slurm options, used only with --executor slurm")
         return False
-    from kd.executor import options_from_args, submit_cells
+    from kd.commands.slurm import options_from_args, submit_cells
     submit_cells(cells, seeds, {k: v for k, v in ov.items() if v is not None}, options_from_args(a),
                  data_root=a.data_root, store=a.store, results_dir=a.results, device=a.device)
     return True
 
 
 def cmd_bench_group(a):
-    from kd.bench import bench_group
+    from kd.commands.bench import bench_group
     ov = {k: v for k, v in {"epochs": a.epochs, "subset": a.subset, "batch_size": a.batch_size}.items() if v}
     bench_group(a.table, seed=a.seed, overrides=ov, device=a.device, threads=a.threads, data_root=a.data_root,
                 results=a.results)
 
 
+def _env(a):
+    """The settings a command's runs share (kd.engine.Env), from the common flags."""
+    from kd.engine import Env
+    return Env(a.data_root, a.store, a.results, a.device, _execution(a), not a.no_progress)
+
+
+def _raise_failed(errors):
+    if errors:
+        raise KDError(f"{len(errors)} run(s) failed and were recorded as failed (the others finished): "
+                      + "; ".join(errors))
+
+
 def cmd_run(a):
-    from kd.cells import find_cell, load_recipe
-    from kd.dist import launch_rank
-    from kd.ids import cell_id
-    from kd.results import recorded_seeds, results_root
+    from kd.catalog.cells import find_cell
+    from kd.catalog.spec import RunSpec
+    from kd.engine import run
+    from kd.engine.dist import launch_rank
+    from kd.records.results import recorded_seeds, results_root
     ov = _check_run_args(a)
     cells = [find_cell(c) for c in dict.fromkeys(a.cell)]
     if _submit(a, cells, a.seed, ov):
         return
     todo = []
     for cell in cells:
-        cid = cell_id(cell.dataset, cell.label, cell.student, cell.teacher, load_recipe(cell.recipe).with_overrides(**ov).id)
-        done = set() if a.force else recorded_seeds(cid, a.results)
-        for seed in a.seed:
-            if seed not in done:
-                todo.append((cell, seed))
+        for seed in dict.fromkeys(a.seed):
+            spec = RunSpec.of(cell, seed, ov)
+            if a.force or seed not in recorded_seeds(spec.id, a.results):
+                todo.append(spec)
             elif launch_rank() == 0:
-                print(f"{cid} seed {seed}: already recorded under {results_root(a.results)}; skipped (--force runs it again)")
+                print(f"{spec.id} seed {seed}: already recorded under {results_root(a.results)}; skipped (--force runs it again)")
     if not todo:
         return
     _logging(a)
-    kw = dict(device=a.device, data_root=a.data_root, store=a.store, results_dir=a.results,
-              progress=not a.no_progress, execution=_execution(a))
-    if len(cells) > 1 and not a.no_group:          # several cells: those sharing a teacher train together
-        from kd.group import run_grouped
-        recs, errors = run_grouped(todo, ov, **kw)
-        for rec in recs:
-            _summary(rec, rec["seed"])
-        if errors:
-            raise KDError(f"{len(errors)} run(s) failed and were recorded as failed (the others finished): "
-                          + "; ".join(errors))
-        return
-    from kd.train import run_cell
-    for cell, seed in todo:
-        _summary(run_cell(cell, seed, overrides=ov, **kw), seed)
+    recs, errors = run(todo, _env(a), group=not a.no_group)
+    for rec in recs:
+        _summary(rec, rec["seed"])
+    _raise_failed(errors)
 
 
 def _summary(rec, seed):
-    from kd.dist import launch_rank
+    from kd.engine.dist import launch_rank
     if launch_rank() == 0:               # under torchrun: one summary, from rank 0
         print(f"{rec['cell_id']} seed {seed}: top-1 last {rec['top1_last']:.2f} best {rec['top1_best']:.2f} "
               f"(epoch {rec['best_epoch']}), {rec['images_per_s']} img/s on {rec['device']}"
@@ -179,18 +181,18 @@ def _summary(rec, seed):
 
 def cmd_list(a):
     from tabulate import tabulate
-    from kd.cells import load_cells
-    from kd.lookup import QUICK, list_rows
-    from kd.results import read_records, read_root
+    from kd.catalog.cells import load_cells
+    from kd.analysis.lookup import QUICK, list_rows
+    from kd.records.results import read_records, read_root
     cells = load_cells()
     if a.table:
-        from kd.table import table_by_name
+        from kd.commands.table import table_by_name
         wanted = {e.cell_id for e in table_by_name(a.table).entries}
         cells = {k: v for k, v in cells.items() if k in wanted}
     records = read_records(Path(a.results) if a.results else None)
     states: dict[str, dict[int, str]] = {}
     if a.status:                     # runs' states, including submitted jobs and runs with overrides
-        from kd.executor import run_states
+        from kd.commands.slurm import run_states
         for (cid, seed), st in run_states(a.store, Path(a.results) if a.results else None).items():
             states.setdefault(cid, {})[seed] = st["state"]
     rows = list_rows(cells, records, a.dataset, a.method, a.status if a.status in ("done", "missing") else None)
@@ -215,10 +217,10 @@ def cmd_list(a):
 
 def cmd_find(a):
     from tabulate import tabulate
-    from kd.cells import load_cells
-    from kd.lookup import command_for, find_entries
-    from kd.paths import REFERENCE_TABLES
-    from kd.reftables import load_all
+    from kd.catalog.cells import load_cells
+    from kd.analysis.lookup import command_for, find_entries
+    from kd.catalog.paths import REFERENCE_TABLES
+    from kd.catalog.reftables import load_all
     if not any((a.value, a.table, a.method, a.pair, a.dataset)):
         raise KDError("give a number (kd find 75.46) or --table, --method, --pair or --dataset")
     entries = find_entries(load_all(REFERENCE_TABLES), a.value, a.table, a.method, a.pair, a.dataset)
@@ -232,8 +234,8 @@ def cmd_find(a):
 
 
 def cmd_import_teacher(a):
-    from kd.cells import find_cell
-    from kd.imported import import_teacher
+    from kd.catalog.cells import find_cell
+    from kd.commands.import_teacher import import_teacher
     rec = import_teacher(find_cell(a.cell), Path(a.file), a.sha256, data_root=a.data_root, store=a.store,
                          results_dir=a.results, device=a.device, force=a.force)
     print(f"imported {a.file} as teacher {rec['cell_id']} ({rec['checkpoint_sha256'][:12]}…) -> {rec['checkpoint']}; "
@@ -241,10 +243,10 @@ def cmd_import_teacher(a):
 
 
 def _compare(results=None, only: list[str] | None = None, strict: bool = False):
-    from kd.compare import compare, extras
-    from kd.reftables import load_all
-    from kd.results import read_records
-    from kd.paths import REFERENCE_TABLES
+    from kd.analysis.compare import compare, extras
+    from kd.catalog.reftables import load_all
+    from kd.records.results import read_records
+    from kd.catalog.paths import REFERENCE_TABLES
     tables = [t for t in load_all(REFERENCE_TABLES) if not only or t.id in only]
     if only and len(tables) != len(set(only)):
         known = {t.id for t in load_all(REFERENCE_TABLES)}
@@ -256,7 +258,7 @@ def _compare(results=None, only: list[str] | None = None, strict: bool = False):
 
 def cmd_compare(a):
     from tabulate import tabulate
-    from kd.compare import check, summary
+    from kd.analysis.compare import check, summary
     tables, records, rows, extra = _compare(a.results, a.table, strict=a.check)
     judged = [r for r in rows if r.verdict != "missing"]
     if judged:
@@ -271,7 +273,7 @@ def cmd_compare(a):
     if a.check:
         # A check passes only on evidence: every entry with runs has an ok one, and something was judged.
         bad = check(rows)
-        from kd.compare import FAILING, gain_fails
+        from kd.analysis.compare import FAILING, gain_fails
         all_failed = [r for r in rows if r.n == 0 and r.n_failed > 0 and not r.erratum]
         for r in bad:
             if r.verdict in FAILING:
@@ -294,9 +296,9 @@ def cmd_compare(a):
 
 
 def cmd_report(a):
-    from kd.report import write_reports
-    from kd.results import results_root
-    from kd.store import check_writable
+    from kd.analysis.report import write_reports
+    from kd.records.results import results_root
+    from kd.records.store import check_writable
     out = Path(a.out or results_root(a.results) / "reports")
     check_writable(out, "report folder", folder=True)
     tables, records, rows, extra = _compare(a.results, a.table)
@@ -308,20 +310,19 @@ def cmd_report(a):
 
 
 def cmd_table(a):
-    from kd.table import plan, run_table, table_by_name
+    from kd.commands.table import plan, run_table, table_by_name
     ov = _check_run_args(a)
     if _submit(a, plan(table_by_name(a.name), ov, a.seed)[0], a.seed, ov):
         print(f"`kd list --table {a.name} --status` shows progress; `kd report --table {a.name}` when done")
         return
     _logging(a)
-    run_table(a.name, a.seed, ov, progress=not a.no_progress, group=not a.no_group, device=a.device,
-              data_root=a.data_root, store=a.store, results_dir=a.results, execution=_execution(a))
+    _raise_failed(run_table(a.name, a.seed, ov, _env(a), group=not a.no_group))
     a.table, a.out = [a.name], None
     cmd_report(a)
 
 
 def cmd_demo(a):
-    from kd.demo import demo
+    from kd.commands.demo import demo
     if not 1 <= a.seeds <= 1000:
         raise KDError(f"--seeds {a.seeds}: must be a whole number in [1, 1000]")
     _logging(a)
@@ -401,7 +402,7 @@ def main(argv: list[str] | None = None) -> int:
     for flag, typ in (("--epochs", int), ("--batch-size", int), ("--lr", float), ("--subset", int)):
         tb.add_argument(flag, type=typ, help="override (recorded as another recipe)")
     tb.add_argument("--no-group", action="store_true",
-                    help="run cells one by one instead of training those that share a teacher together (kd/group.py)")
+                    help="run cells one by one instead of training those that share a teacher together (kd/engine/grouping.py)")
     _common(tb)
     _executor_flags(tb)
     tb.set_defaults(fn=cmd_table)
@@ -442,7 +443,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return a.fn(a) or 0
     except KDError as e:
-        from kd.dist import launch_rank
+        from kd.engine.dist import launch_rank
         if launch_rank() == 0:           # under torchrun every rank fails alike: one line, from rank 0
             print(f"kd: error: {e}", file=sys.stderr)
         return 2

@@ -13,10 +13,14 @@ class Registry(dict):
         super().__init__()
         self.kind = kind
 
-    def register(self, name: str):
+    def register(self, name: str, **facts):
+        """Register under `name`; `facts` (e.g. a dataset's `classes`) become attributes of the object,
+        readable without building it (kd.catalog.names reads the same calls without importing torch)."""
         def deco(obj):
             if name in self:
                 raise ValueError(f"{self.kind} '{name}' is registered twice")
+            for k, v in facts.items():
+                setattr(obj, k, v)
             self[name] = obj
             return obj
         return deco

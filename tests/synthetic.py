@@ -1,4 +1,4 @@
-"""A stand-in for kd.reftables.RefEntry, for comparator and report tests on synthetic tables."""
+"""A stand-in for kd.catalog.reftables.RefEntry, for comparator and report tests on synthetic tables."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -6,7 +6,7 @@ import json
 import pytest
 
 from kd.cli import main
-from kd.results import read_records
+from kd.records.results import read_records
 
 CELL = "digits-sub400/kd/tiny_s_from_tiny_t/digits"
 

@@ -15,10 +15,10 @@ import pytest
 import kd.data  # noqa: F401  (registers the datasets)
 import kd.methods  # noqa: F401  (registers the methods)
 import kd.models  # noqa: F401  (registers the models)
-from kd.cells import BENCHMARKS, load_cells, load_recipe, read_yaml, validate
+from kd.catalog.cells import BENCHMARKS, load_cells, load_recipe, read_yaml, validate
 from kd.data import split_name
-from kd.ids import parse_cell_id
-from kd.reftables import load_all
+from kd.catalog.ids import parse_cell_id
+from kd.catalog.reftables import load_all
 from kd.registry import DATASETS, METHODS, MODELS
 
 ROOT = Path(__file__).resolve().parents[1]

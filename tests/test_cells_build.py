@@ -1,6 +1,6 @@
 """Every registered cell builds: its student and teacher models are constructed for the dataset's
 class count, a probe batch gives their features, and every method of the cell is constructed from
-that Context with the cell's hyperparameters (the same construction kd.train.Run.build performs).
+that Context with the cell's hyperparameters (the same construction kd.engine.loop.Run.build performs).
 Models and probe features are built once per (model, classes, preact) and shared between cells."""
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 import torch
 
 import kd.methods  # noqa: F401
-from kd.cells import load_cells, load_recipe
+from kd.catalog.cells import load_cells, load_recipe
 from kd.data import num_classes, split_name
-from kd.methods.base import Context
+from kd.methods.contract import Context
 from kd.registry import METHODS
 import zoo  # noqa: E402
 

@@ -6,9 +6,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kd.cells import find_cell
-from kd.results import read_records
-from kd.train import run_cell
+from kd.catalog.cells import find_cell
+from kd.records.results import read_records
+from kd.engine import run_cell
 
 SMOKE = {"epochs": 1, "batch_size": 48}
 

@@ -18,7 +18,7 @@ import pytest
 
 from kd.cli import main
 from kd.errors import KDError
-from kd.results import read_records
+from kd.records.results import read_records
 
 REPO = Path(__file__).resolve().parent.parent
 KD_CELL = "digits-sub400/kd/tiny_s_from_tiny_t/digits"
@@ -59,7 +59,7 @@ def _feed(log, n=2):
 
 
 def test_plain_line_per_epoch_off_a_terminal_bar_on_one_and_tqdm_disable(tmp_path, monkeypatch):
-    from kd.log import EpochLog
+    from kd.records.log import EpochLog
     monkeypatch.delenv("TQDM_DISABLE", raising=False)
     piped = io.StringIO()                                        # a file, nohup, a batch scheduler
     _feed(EpochLog("c/kd/s_from_t/r", 3, 2, 0, True, tmp_path / "a.csv", stream=piped))
@@ -82,8 +82,8 @@ def test_plain_line_per_epoch_off_a_terminal_bar_on_one_and_tqdm_disable(tmp_pat
 
 
 def test_a_run_logs_each_epoch_and_writes_its_csv_beside_the_result_line(isolated, capsys):
-    from kd.cells import find_cell
-    from kd.train import run_cell
+    from kd.catalog.cells import find_cell
+    from kd.engine import run_cell
     run_cell(find_cell(TEACHER_CELL), 0, device="cpu", overrides={"epochs": 2, "subset": 100}, progress=False,
              log=lambda *a: None)
     err = capsys.readouterr().err
@@ -104,12 +104,12 @@ def test_tensorboard_missing_is_one_line_and_nothing_runs(isolated, capsys, monk
 
 def test_tensorboard_event_files_when_installed(isolated, capsys):
     pytest.importorskip("tensorboard")
-    from kd.log import EpochLog, configure
+    from kd.records.log import EpochLog, configure
     configure(tensorboard=isolated / "tb")
     try:
         _feed(EpochLog("d/kd/s_from_t/r", 0, 2, 0, False, None, tensorboard=isolated / "tb", stream=io.StringIO()))
     finally:
-        from kd.log import _CONFIG
+        from kd.records.log import _CONFIG
         _CONFIG["tensorboard"] = None
     assert list((isolated / "tb" / "d__kd__s_from_t__r" / "seed0").glob("events.out.tfevents.*"))
 
@@ -118,18 +118,18 @@ def test_tensorboard_event_files_when_installed(isolated, capsys):
 
 def test_demo_runs_with_its_fixed_thread_count_and_restores_it(monkeypatch, tmp_path):
     import torch
-    import kd.demo
+    import kd.commands.demo
     seen = []
 
     def fake_run(cell, seed, **kw):
         seen.append(torch.get_num_threads())
         return {"cell_id": cell.id, "top1_last": 90.0, "top1_best": 90.0, "wall_s": 0.1}
 
-    monkeypatch.setattr(kd.demo, "run_cell", fake_run)
-    monkeypatch.setattr(kd.demo, "_compare_and_report", lambda results: None)
+    monkeypatch.setattr(kd.commands.demo, "run_cell", fake_run)
+    monkeypatch.setattr(kd.commands.demo, "_compare_and_report", lambda results: None)
     torch.set_num_threads(1)
-    kd.demo.demo(seeds=2, results=tmp_path, progress=False)
-    assert seen == [kd.demo.THREADS] * 5 and kd.demo.THREADS == 2 and torch.get_num_threads() == 1
+    kd.commands.demo.demo(seeds=2, results=tmp_path, progress=False)
+    assert seen == [kd.commands.demo.THREADS] * 5 and kd.commands.demo.THREADS == 2 and torch.get_num_threads() == 1
     committed = [json.loads(ln) for ln in (REPO / "results" / "digits.jsonl").read_text().splitlines()]
     assert {r["device"] for r in committed} == {"cpu (x86_64, 2 threads)"}   # the recorded reference's count
 
@@ -174,8 +174,8 @@ def test_recorded_tables_are_built_from_the_committed_lines_and_pass(capsys):
 def test_plot_never_draws_a_point_green_outside_its_band():
     from synthetic import E
 
-    from kd.compare import compare
-    from kd.report import COLOR, band, plot_png, plot_points
+    from kd.analysis.compare import compare
+    from kd.analysis.report import COLOR, band, plot_png, plot_points
     cid = "cifar100/{}/resnet8x4_from_resnet32x4/std".format
 
     class T:
@@ -242,7 +242,7 @@ def test_list_method_matches_combined_labels(capsys):
 # --- 7. where results go --------------------------------------------------------------------------
 
 def test_user_runs_go_to_an_ignored_folder_and_reading_sees_committed_first(tmp_path, monkeypatch):
-    from kd.results import read_root, results_root
+    from kd.records.results import read_root, results_root
     monkeypatch.delenv("KD_RESULTS", raising=False)
     monkeypatch.chdir(tmp_path)
     assert results_root() == Path("results/local") and read_root() == Path("results")
@@ -265,10 +265,11 @@ def test_list_filters_that_match_nothing_say_so(capsys):
 
 
 def test_run_skips_a_recorded_seed_unless_forced(isolated, capsys, monkeypatch):
-    import kd.train
+    import kd.engine
     calls = []
-    monkeypatch.setattr(kd.train, "run_cell", lambda cell, seed, **kw: calls.append(seed) or {
-        "cell_id": cell.id, "top1_last": 1.0, "top1_best": 1.0, "best_epoch": 1, "images_per_s": 1, "device": "cpu"})
+    monkeypatch.setattr(kd.engine, "run", lambda specs, env, **kw: ([calls.append(s.seed) or {
+        "cell_id": s.id, "seed": s.seed, "top1_last": 1.0, "top1_best": 1.0, "best_epoch": 1, "images_per_s": 1,
+        "device": "cpu"} for s in specs], []))
     _write(isolated / "results" / "digits.jsonl", [_line(f"{BASE_CELL}~epochs=1", 0)])
     code, out, _ = _main(capsys, "run", BASE_CELL, "--epochs", "1", "--seed", "0", "1")
     assert code == 0 and calls == [1] and "seed 0: already recorded" in out and "--force" in out
@@ -281,8 +282,8 @@ def test_run_skips_a_recorded_seed_unless_forced(isolated, capsys, monkeypatch):
 def test_import_teacher_evaluates_records_and_refuses_to_replace(isolated, capsys):
     import torch
 
-    from kd.store import sha256_file
-    from kd.train import build_model
+    from kd.records.store import sha256_file
+    from kd.engine.teacher import build_model
     torch.manual_seed(0)
     f = isolated / "teacher.pt"
     torch.save(build_model("tiny_t", 10).state_dict(), f)
@@ -314,7 +315,7 @@ def test_static_names_equal_the_registries():
     import kd.data  # noqa: F401
     import kd.methods  # noqa: F401
     import kd.models  # noqa: F401
-    from kd import names
+    from kd.catalog import names
     from kd.registry import DATASETS, METHODS, MODELS
     assert names.METHODS == set(METHODS) and names.MODELS == set(MODELS) and names.DATASETS == set(DATASETS)
     with pytest.raises(KDError, match="unknown method 'nope'; valid methods: ab, at"):
@@ -327,10 +328,10 @@ INTERNAL = re.compile(r"shared/|protocols\.md|seed_file|\b[Ss]eeds? \d{3}\b|\d{3
 
 
 def test_reports_and_reference_readme_carry_no_development_tree_notes(tmp_path):
-    from kd.compare import compare
-    from kd.paths import REFERENCE_TABLES
-    from kd.reftables import load_all
-    from kd.report import write_reports
+    from kd.analysis.compare import compare
+    from kd.catalog.paths import REFERENCE_TABLES
+    from kd.catalog.reftables import load_all
+    from kd.analysis.report import write_reports
     tables = load_all(REFERENCE_TABLES)
     for p in write_reports(tables, compare(tables, []), tmp_path):
         if p.suffix in (".md", ".html"):
@@ -340,10 +341,10 @@ def test_reports_and_reference_readme_carry_no_development_tree_notes(tmp_path):
 
 
 def test_report_draws_training_curves_per_cell(tmp_path):
-    from kd.compare import compare
-    from kd.paths import REFERENCE_TABLES
-    from kd.reftables import load_all
-    from kd.report import write_reports
+    from kd.analysis.compare import compare
+    from kd.catalog.paths import REFERENCE_TABLES
+    from kd.catalog.reftables import load_all
+    from kd.analysis.report import write_reports
     tables = [t for t in load_all(REFERENCE_TABLES) if t.id == "recorded_digits"]
     curve = [{"epoch": e, "top1": 50.0 + e, "top5": 90.0, "train_loss": 2.0 / e, "lr": 0.05} for e in (1, 2, 3)]
     recs = [_line(KD_CELL, s, 53.0, curve) for s in (0, 1)] + [_line(BASE_CELL, 0, 53.0, curve)]

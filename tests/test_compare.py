@@ -1,4 +1,4 @@
-"""kd.compare on synthetic tables and records (small local dataclasses, not the real reference tables)."""
+"""kd.analysis.compare on synthetic tables and records (small local dataclasses, not the real reference tables)."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -7,7 +7,7 @@ import pytest
 
 from synthetic import E  # noqa: E402
 
-from kd.compare import aggregate, check, compare, extras, rankings, summary, verdict
+from kd.analysis.compare import aggregate, check, compare, extras, rankings, summary, verdict
 
 
 def cid(label, recipe="std", dataset="cifar100"):

@@ -10,12 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from kd.cells import Cell, find_cell, load_cells, load_recipe
+from kd.catalog.cells import Cell, find_cell, load_cells, load_recipe
 from kd.data import DeviceData, apply_variant, imbalance_counts, load_dataset
 from kd.errors import KDError
-from kd.results import append_record, read_records
-from kd.store import checkpoint_path, sha256_file
-from kd.train import run_cell
+from kd.records.results import append_record, read_records
+from kd.records.store import checkpoint_path, sha256_file
+from kd.engine import run_cell
 
 REPO = Path(__file__).resolve().parent.parent
 KD = [sys.executable, "-m", "kd.cli"]
@@ -225,7 +225,7 @@ def test_cli_errors_are_one_line_and_change_nothing(tmp_path, capsys, monkeypatc
 
 
 def test_import_teacher_then_student_uses_it(tmp_path, capsys, monkeypatch):
-    from kd.train import build_model
+    from kd.engine.teacher import build_model
     monkeypatch.setenv("KD_RESULTS", str(tmp_path / "res"))
     monkeypatch.setenv("KD_STORE", str(tmp_path / "st"))
     torch.manual_seed(0)

@@ -1,4 +1,4 @@
-"""Multi-process training of one cell (kd.dist): 2 gloo ranks on the CPU against one process with the
+"""Multi-process training of one cell (kd.engine.dist): 2 gloo ranks on the CPU against one process with the
 same global batch; resume after an interruption; one-line errors for bad layouts."""
 from __future__ import annotations
 
@@ -9,18 +9,18 @@ import socket
 import pytest
 import torch
 
-from kd import dist
-from kd.cells import Recipe, find_cell
+from kd.engine import dist
+from kd.catalog.cells import Recipe, find_cell
 from kd.cli import main
 from kd.errors import KDError
-from kd.train import run_cell
+from kd.engine import run_cell
 
 CELL = "digits-sub400/baseline/tiny_s/digits"
 OV = {"epochs": 12}             # global batch 64 (the digits recipe), 400 images: 6 full batches + 16
 # Tolerance on top-1 (%, 360 test images) between 2 ranks x 32 and 1 process x 64. Not exact:
 # each rank normalises its 32 images with their own BatchNorm statistics (and rank 0's running
 # statistics are the ones evaluated), and gradients are summed in another order. The data, the
-# augmentation draws and the initialisation are identical (kd.dist). After 12 epochs the tiny CNN is
+# augmentation draws and the initialisation are identical (kd.engine.dist). After 12 epochs the tiny CNN is
 # at ~85 %; measured: 84.2 (2 ranks) vs 86.7 (1 process). 6 points (22 of 360 images) separates
 # "the same training" from a broken split (a rank seeing half the data or ungathered gradients
 # costs far more at this stage; chance is 10 %).

@@ -8,12 +8,14 @@ import pytest
 import torch
 
 import kd.methods  # noqa: F401
-from kd.cells import Cell, load_recipe
+from kd.catalog.cells import Cell, load_recipe
 from kd.data import load_dataset
 from kd.errors import KDError
-from kd.execution import Execution, default_execution, lr_schedule
+from kd.engine.execution import Execution, default_execution
+from kd.engine.optim import lr_schedule
 from kd.registry import METHODS
-from kd.train import Run, build_model, freeze
+from kd.engine.teacher import build_model, freeze
+from harness import View, member
 from test_methods_common import context, make_pair, step, tiny_teacher
 
 # Inductor fuses and reorders float32 reductions. BatchNorm's weight/bias gradients are sums that
@@ -75,13 +77,9 @@ def test_lr_schedule_is_pytorchs_scheduler():
 def _run(data_root, terms, execution, ce=0.1, bs=40):
     cell = Cell("cifar100", "+".join(t["name"] for t in terms), "tiny_s", "tiny_t", "crd", ce_weight=ce, terms=terms)
     recipe = load_recipe("crd").with_overrides(batch_size=bs)
-    run = Run(cell, recipe, 0, torch.device("cpu"), data_root, execution=execution, log=lambda *a: None)
-    run.ds = load_dataset("cifar100", data_root)          # 96 images: batches of 40, 40 and the last of 16
-    run.data = run.ds.on_device(run.device)
-    torch.manual_seed(1)
+    torch.manual_seed(1)                                  # cifar100: 96 images, batches of 40, 40 and the last of 16
     teacher = freeze(build_model("tiny_t", 100))
-    run.build(teacher, None)
-    return run
+    return View(member(cell, recipe, data_root, teacher, execution=execution))
 
 
 @pytest.mark.parametrize("terms,backend", [
@@ -100,7 +98,7 @@ def test_compiled_step_equals_eager_step(data_root, terms, backend):
     for mode in ("eager", "compile"):
         run = _run(data_root, terms, Execution(mode, channels_last=False, backend=backend), bs=40)
         opt = run._optimizer(list(run.student.parameters()) + list(run.method_modules.parameters()), 0.05)
-        from kd.execution import set_lr
+        from kd.engine.optim import set_lr
         set_lr(opt, 0.05, run.execution.compiled, run.device)
         stepf = run.make_step(None, opt)
         losses = []
@@ -127,14 +125,11 @@ def test_cuda_modes_equal_eager(data_root, mode):
     out = {}
     for m in ("eager", mode):
         cell = Cell("cifar100", "crd+kd", "tiny_s", "tiny_t", "crd", ce_weight=0.1, terms=terms)
-        run = Run(cell, load_recipe("crd").with_overrides(batch_size=40), 0, torch.device("cuda"), data_root,
-                  execution=Execution(m), log=lambda *a: None)
-        run.ds = load_dataset("cifar100", data_root)
-        run.data = run.ds.on_device(run.device)
         torch.manual_seed(1)
-        run.build(freeze(build_model("tiny_t", 100).cuda()), None)
+        run = View(member(cell, load_recipe("crd").with_overrides(batch_size=40), data_root,
+                          freeze(build_model("tiny_t", 100).cuda()), device=torch.device("cuda"), execution=Execution(m)))
         opt = run._optimizer(list(run.student.parameters()) + list(run.method_modules.parameters()), 0.05)
-        from kd.execution import set_lr
+        from kd.engine.optim import set_lr
         set_lr(opt, 0.05, run.execution.compiled, run.device)
         stepf = run.make_step(None, opt)
         for epoch in range(2):

@@ -1,4 +1,4 @@
-"""`--executor slurm` (kd.executor): a table through submitit's local executor gives the in-process
+"""`--executor slurm` (kd.commands.slurm): a table through submitit's local executor gives the in-process
 result lines; the sbatch scripts, dependencies and job tracking against a stand-in Slurm; bad input."""
 from __future__ import annotations
 
@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from kd.cells import find_cell
+from kd.catalog.cells import find_cell
 from kd.cli import main
 from kd.errors import KDError
-from kd.executor import CellRun, SlurmOptions, run_states, slurm_options, submit_cells
-from kd.results import read_records
-from kd.table import plan, run_table, table_by_name
-from kd.train import run_cell
+from kd.commands.slurm import CellRun, SlurmOptions, run_states, slurm_options, submit_cells
+from kd.records.results import read_records
+from kd.commands.table import plan, run_table, table_by_name
+from kd.engine import run_cell
 
 TABLE, OV = "recorded_digits", {"epochs": 6}
 KD_CELL = "digits-sub400/kd/tiny_s_from_tiny_t/digits"
@@ -85,7 +85,7 @@ def test_slurm_arrays_dependencies_and_tracking(tmp_path, monkeypatch, capsys):
 
     run = ["run", "digits-sub400/baseline/tiny_s/digits", "--epochs", "6", "--executor", "slurm", "--store", str(store),
            "--results", str(results)]
-    assert main(run + ["--gpus-per-job", "2", "--sbatch", "exclusive"]) == 0   # one job, one task per GPU (kd.dist)
+    assert main(run + ["--gpus-per-job", "2", "--sbatch", "exclusive"]) == 0   # one job, one task per GPU (kd.engine.dist)
     ddp = (bin_dir / "script_1007.sh").read_text()
     assert all(f"#SBATCH {f}\n" in ddp for f in ("--gpus-per-node=2", "--ntasks-per-node=2", "--exclusive", "--nodes=1"))
     capsys.readouterr()

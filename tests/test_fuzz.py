@@ -15,11 +15,11 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import kd.cells
-import kd.reftables
-import kd.table
+import kd.catalog.cells
+import kd.catalog.reftables
+import kd.commands.table
 from kd.cli import main
-from kd.results import check_record, scan_records
+from kd.records.results import check_record, scan_records
 
 STUDENT = "digits/baseline/tiny_s/r"
 KD_CELL = "digits/kd/tiny_s_from_tiny_t/r"
@@ -47,7 +47,7 @@ def _record(**kw) -> dict:
 GOOD_LINE = json.dumps(_record()) + "\n"
 
 
-_load_all = kd.reftables.load_all
+_load_all = kd.catalog.reftables.load_all
 
 
 @functools.lru_cache(maxsize=None)
@@ -64,9 +64,9 @@ def env(tmp_path, monkeypatch):
     (bench / "recipes" / "r.yaml").write_text("\n".join(RECIPE.values()) + "\n")
     (bench / "cells.yaml").write_text(CELLS)
     (bench / "cifar.yaml").write_text(CIFAR_CELLS)
-    monkeypatch.setattr(kd.cells, "BENCHMARKS", bench)
+    monkeypatch.setattr(kd.catalog.cells, "BENCHMARKS", bench)
 
-    for module in (kd.reftables, kd.table):               # the reference tables, read once per session
+    for module in (kd.catalog.reftables, kd.commands.table):               # the reference tables, read once per session
         monkeypatch.setattr(module, "load_all", lambda root="reference_tables": _tables(str(root)))
     res, store = tmp_path / "results", tmp_path / "store"
     res.mkdir()

@@ -1,14 +1,22 @@
-"""Grouped runs (kd/group.py) give exactly the result lines of the same runs one by one: curves,
+"""Grouped runs (kd/engine/grouping.py) give exactly the result lines of the same runs one by one: curves,
 last and best accuracy, checkpoint sha256; a failing member is recorded failed and the others go
 on; a group killed at an epoch's end resumes every member to the same lines."""
 from __future__ import annotations
 
 import pytest
 
-from kd.cells import Cell
-from kd.group import partition, run_grouped
-from kd.results import read_records
-from kd.train import Run, run_cell
+from kd.catalog.cells import Cell
+from kd.catalog.spec import RunSpec
+from kd.engine import Env, run, run_cell
+from kd.engine.grouping import partition
+from kd.engine.member import Member
+from kd.records.results import read_records
+
+
+def run_grouped(cells_seeds, overrides, *, data_root, store, results_dir, device, progress, log):
+    """Several (cell, seed) runs through the one entry, grouped."""
+    return run([RunSpec.of(c, s, overrides) for c, s in cells_seeds], Env(data_root, store, results_dir, device,
+                                                                          progress=progress, log=log))
 
 OV = {"epochs": 2, "batch_size": 32}
 SAME = ("curve", "top1_last", "top1_best", "top5_last", "best_epoch", "checkpoint_sha256", "status")
@@ -75,7 +83,7 @@ def test_a_killed_group_resumes_every_member(data_root, tmp_path, one_by_one, mo
     """Killed after the 5th (last) member's first epoch (all saved epoch 1) or after the 2nd member's second
     epoch (members at different epochs: each resumes alone); the rerun's lines equal one by one."""
     calls = {"n": 0}
-    real = Run.end_epoch
+    real = Member.end_epoch
 
     def end_epoch(self, *a, **k):
         real(self, *a, **k)
@@ -83,11 +91,11 @@ def test_a_killed_group_resumes_every_member(data_root, tmp_path, one_by_one, mo
         if calls["n"] == kill_after:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(Run, "end_epoch", end_epoch)
+    monkeypatch.setattr(Member, "end_epoch", end_epoch)
     kw = dict(data_root=data_root, store=tmp_path / "s2", results_dir=tmp_path / "r2", **quiet())
     with pytest.raises(KeyboardInterrupt):
         run_grouped([(c, 0) for c in cells()], OV, **kw)
-    monkeypatch.setattr(Run, "end_epoch", real)
+    monkeypatch.setattr(Member, "end_epoch", real)
     run_grouped([(c, 0) for c in cells()], OV, **kw)
     got = lines(tmp_path / "r2")
     assert got.keys() == one_by_one.keys()
@@ -96,18 +104,35 @@ def test_a_killed_group_resumes_every_member(data_root, tmp_path, one_by_one, mo
 
 
 def test_partition_keeps_stage_runs_alone_and_puts_the_baseline_in_its_column(data_root, tmp_path):
+    import contextlib
+    from kd.engine import build
     fitnet = Cell("cifar100", "fitnet", "tiny_s", "tiny_t", "crd", terms=({"name": "fitnet", "weight": 100.0,
                                                                           "hint_epochs": 1},))
-    runs = []
-    for c in cells() + [fitnet]:
-        from kd.cells import load_recipe
-        r = Run(c, load_recipe("crd").with_overrides(**OV), 0, __import__("torch").device("cpu"), data_root,
-                tmp_path / "s", tmp_path / "r", progress=False, log=lambda *a: None)
-        r.prepare()
-        r.build(*r.get_teacher())
-        runs.append(r)
-    groups = sorted(partition(runs), key=len)
-    assert [len(g) for g in groups] == [1, len(cells())] and groups[0][0].cell is fitnet
+    specs = [RunSpec.of(c, 0, OV) for c in cells() + [fitnet]]
+    env = Env(data_root, tmp_path / "s", tmp_path / "r", "cpu", progress=False, log=lambda *a: None)
+    run(build.missing_teachers(specs, env.resolved(__import__("torch").device("cpu"))), env)
+    with contextlib.ExitStack() as locks:
+        members = build.members(specs, env.resolved(__import__("torch").device("cpu")), locks)
+    groups = sorted(partition(members), key=len)
+    assert [len(g) for g in groups] == [1, len(cells())] and groups[0][0].spec.cell is fitnet
+
+
+def test_kd_and_ofd_grouped_each_equal_alone_with_their_own_teacher_mode(data_root, tmp_path):
+    """OFD runs its teacher's BatchNorm on batch statistics, KD on running statistics: grouped, each keeps
+    its own mode (a teacher module per mode, frozen once) and its lines equal the run alone."""
+    kd_cell = cells()[1]
+    ofd = Cell("cifar100", "ofd", "tiny_s", "tiny_t", "crd", terms=({"name": "ofd", "weight": 1e-3},))
+    kw = dict(data_root=data_root, **quiet())
+    for c in (kd_cell, ofd):
+        run_cell(c, 0, overrides=OV, store=tmp_path / "s1", results_dir=tmp_path / "r1", **kw)
+    recs, errors = run_grouped([(kd_cell, 0), (ofd, 0)], OV, store=tmp_path / "s2", results_dir=tmp_path / "r2",
+                               data_root=data_root, **quiet())
+    assert not errors
+    alone, grouped = lines(tmp_path / "r1"), lines(tmp_path / "r2")
+    assert grouped.keys() == alone.keys() and len(grouped) == 2
+    for k, rec in grouped.items():
+        assert {f: rec[f] for f in SAME} == {f: alone[k][f] for f in SAME}, k
+    assert {r["label"]: r["teacher_mode"] for r in grouped.values()} == {"kd": "eval", "ofd": "train"}
 
 
 @pytest.mark.parametrize("flag", [[], ["--no-group"]], ids=["grouped", "no-group"])

@@ -12,13 +12,14 @@ import numpy as np
 import pytest
 import torch
 
-import kd.cells
-from kd.cells import Cell, find_cell, load_cells, load_recipe
+import kd.catalog.cells
+from kd.catalog.cells import Cell, find_cell, load_cells, load_recipe
 from kd.cli import main
 from kd.errors import KDError
-from kd.results import append_record, read_records
-from kd.store import checkpoint_path, run_lock, save_checkpoint, sha256_file, state_path
-from kd.train import build_model, run_cell
+from kd.records.results import append_record, read_records
+from kd.records.store import checkpoint_path, run_lock, save_checkpoint, sha256_file, state_path
+from kd.engine import run_cell
+from kd.engine.teacher import build_model
 
 QUIET = {"progress": False, "log": lambda *a: None}
 
@@ -139,7 +140,7 @@ def bench(tmp_path, monkeypatch):
     root = tmp_path / "benchmarks"
     (root / "recipes").mkdir(parents=True)
     (root / "recipes" / "r.yaml").write_text("epochs: 3\nbatch_size: 32\nlr: 0.05\nmilestones: [2]\n")
-    monkeypatch.setattr(kd.cells, "BENCHMARKS", root)
+    monkeypatch.setattr(kd.catalog.cells, "BENCHMARKS", root)
     return root
 
 
@@ -289,7 +290,7 @@ def test_an_unwritable_store_or_results_folder_is_refused_before_training(data_r
 
 
 def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_keeps_the_old_file(tmp_path, monkeypatch):
-    import kd.store
+    import kd.records.store
     path = tmp_path / "m" / "seed0.pt"
     save_checkpoint(build_model("tiny_s", 10), path)
     before = files(tmp_path)
@@ -298,7 +299,7 @@ def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_keeps_the_old_fil
         f.write(b"PK\x03\x04 partial")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(kd.store.torch, "save", full)
+    monkeypatch.setattr(kd.records.store.torch, "save", full)
     with pytest.raises(KDError, match="cannot write .*seed0.pt: No space left on device; it is as it was"):
         save_checkpoint(build_model("tiny_s", 10), path)
     assert files(tmp_path) == before                              # no temporary file left, the old one intact

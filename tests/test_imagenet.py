@@ -1,5 +1,5 @@
-"""The ImageNet side: models (kd/models/imagenet.py), the streaming 'imagenet' dataset
-(kd/imagenet.py), DeiT's distillation losses (kd/methods/deit.py) and a short run through the loop.
+"""The ImageNet side: models (kd/models/torchvision_timm.py), the streaming 'imagenet' dataset
+(kd/data/imagenet.py), DeiT's distillation losses (kd/methods/deit.py) and a short run through the loop.
 
 Parameter counts are pinned at num_classes=1000 (torchvision's resnet18/34/50 and timm's
 deit_*_distilled_patch16_224 / deit_*_patch16_224 / regnety_160 / resnetv2_152x2_bit count the same;
@@ -14,13 +14,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-import kd.imagenet  # noqa: F401  (registers the 'imagenet' dataset)
+import kd.data.imagenet  # noqa: F401  (registers the 'imagenet' dataset)
 import kd.methods  # noqa: F401
 import kd.models  # noqa: F401
-from kd.cells import Cell, Recipe
+from kd.catalog.cells import Cell, Recipe
 from kd.data import load_dataset
 from kd.errors import KDError
-from kd.methods.base import Context, Step
+from kd.methods.contract import Context, Step
 from kd.methods.deit import DeiTHard, DeiTSoft, deit_hard_loss, deit_soft_loss
 from kd.models import load_weights
 from kd.registry import METHODS, MODELS
@@ -189,7 +189,7 @@ def test_dataset_workers_and_variants(folder):
     ds = load_dataset("imagenet-sub5", folder)
     assert ds.num_train == 5 and ds.info["subset"] == 5
     serial = batches(ds.on_device("cpu"), 3, bs=4)
-    parallel = batches(kd.imagenet.StreamingData(ds, torch.device("cpu"), workers=1), 3, bs=4)
+    parallel = batches(kd.data.imagenet.StreamingData(ds, torch.device("cpu"), workers=1), 3, bs=4)
     assert sorted(torch.cat([i for i, _, _ in serial]).tolist()) == list(range(5))
     assert len(serial) == len(parallel) == 2
     for a, b in zip(serial, parallel):                   # the same batches, whatever decodes them
@@ -204,7 +204,7 @@ def test_dataset_missing(tmp_path, monkeypatch):
         load_dataset("imagenet", tmp_path)
     monkeypatch.setenv("KD_IMAGENET_SIZE", "big")
     with pytest.raises(KDError, match="KD_IMAGENET_SIZE"):
-        kd.imagenet.image_size()
+        kd.data.imagenet.image_size()
 
 
 # --- DeiT losses ---------------------------------------------------------------------------------
@@ -240,15 +240,13 @@ def test_deit_methods_read_the_distillation_token():
 # --- a short run through the loop -----------------------------------------------------------------
 
 def test_run_through_the_loop(folder, isolated):
-    from kd.train import Run, freeze
+    from kd.engine.teacher import freeze
+    from harness import View, member
     recipe = Recipe("imagenet_test", epochs=2, batch_size=4, lr=0.01, milestones=(1,), weight_decay=1e-4)
     cell = Cell("imagenet", "crd+kd", "tv_resnet18", "tv_resnet18", "imagenet_test",
                 terms=({"name": "crd", "weight": 0.8}, {"name": "kd", "weight": 1.0, "T": 4}))
-    run = Run(cell, recipe, 0, torch.device("cpu"), data_root=folder, progress=False, log=lambda *a: None)
-    run.load_data()
     torch.manual_seed(5)
-    run.build(freeze(MODELS.get("tv_resnet18")(num_classes=2)), None)
-    run.teacher_id = None                     # set by Run.run() (get_teacher), which this test bypasses
+    run = View(member(cell, recipe, folder, freeze(MODELS.get("tv_resnet18")(num_classes=2))))
     crd = run.methods[0]
     rec = run.train()
     assert rec["status"] == "ok" and len(rec["curve"]) == 2 and rec["config"]["num_train"] == 8
@@ -257,8 +255,8 @@ def test_run_through_the_loop(folder, isolated):
 
 
 def test_run_cell_imagenet_recipe(folder, isolated):
-    from kd.cells import load_recipe
-    from kd.train import run_cell
+    from kd.catalog.cells import load_recipe
+    from kd.engine import run_cell
     try:
         load_recipe("imagenet")
     except KDError:
@@ -273,8 +271,8 @@ def test_run_cell_imagenet_recipe(folder, isolated):
 def test_registered_deit_cell_trains_through_the_loop(tmp_path, monkeypatch, isolated):
     """The DeiT-Ti hard-distillation cell of seed 002 Table 1 at its real 224 px input: the RegNetY-160
     teacher is trained first (its cell), then the student; a smoke recipe, 8 generated images."""
-    from kd.cells import find_cell
-    from kd.train import run_cell
+    from kd.catalog.cells import find_cell
+    from kd.engine import run_cell
     monkeypatch.setenv("KD_IMAGENET_SIZE", "224")
     monkeypatch.setenv("KD_WORKERS", "0")
     root = write_folder(tmp_path / "data")

@@ -15,7 +15,7 @@ import kd.methods  # noqa: F401
 import kd.models  # noqa: F401
 from kd.errors import KDError
 from kd.methods.at import at_loss
-from kd.methods.base import Context, Step
+from kd.methods.contract import Context, Step
 from kd.methods.dkd import dkd_terms
 from kd.methods.fitnet import ConvReg
 from kd.methods.fsp import fsp_loss
@@ -258,16 +258,16 @@ def test_fitnet_single_stage_has_no_stage_two_stage_trains_up_to_hint_layer():
 
 
 def test_fsp_zero_weight_cell_still_runs_its_stage(data_root, isolated):
-    from kd.cells import Cell, load_recipe
-    from kd.train import Run, freeze
+    from kd.catalog.cells import Cell, load_recipe
+    from kd.engine.teacher import freeze
+    from harness import View, member
     cell = Cell("cifar100", "fsp", "tiny_s", "tiny_t", "crd", ce_weight=1.0,
                 terms=({"name": "fsp", "weight": 0.0, "init_epochs": 1},))
-    run = Run(cell, load_recipe("crd").with_overrides(epochs=1, batch_size=48), 0, torch.device("cpu"),
-              data_root, isolated / "store", isolated / "results", progress=False, log=lambda *a: None)
-    run.load_data()
     torch.manual_seed(0)
+    teacher = freeze(MODELS["tiny_t"](num_classes=100))
     with pytest.warns(UserWarning, match="connectors"):
-        run.build(freeze(MODELS["tiny_t"](num_classes=100)), None)
+        run = View(member(cell, load_recipe("crd").with_overrides(epochs=1, batch_size=48), data_root, teacher,
+                          store=isolated / "store", results=isolated / "results"))
     stem0 = run.student.stem[0].weight.detach().clone()
     rec = run.train()
     assert rec["status"] == "ok" and [e["stage"] for e in rec["stage_curve"]] == ["fsp_init"]

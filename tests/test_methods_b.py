@@ -10,7 +10,7 @@ import torch.nn.functional as F
 import kd.methods  # noqa: F401
 import kd.models  # noqa: F401
 from kd.methods.ab import ab_layer_loss
-from kd.methods.base import Context, Step
+from kd.methods.contract import Context, Step
 from kd.methods.crd import nce_loss
 from kd.methods.ft import factor_loss
 from kd.methods.ofd import bn_margin, ofd_distance

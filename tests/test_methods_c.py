@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 import kd.methods  # noqa: F401
 from kd.errors import KDError
-from kd.methods.base import Step
+from kd.methods.contract import Step
 from kd.methods.dml import DML
 from kd.methods.ipot import IPOT, cosine_cost, ipot_plan
 from kd.methods.one import ONE
@@ -156,8 +156,8 @@ def test_one_unsupported_architecture():
 
 @pytest.mark.parametrize("name,hp", [("dml", {}), ("one", {"eval": "ensemble"})])
 def test_online_methods_run_in_the_loop_without_teacher(name, hp, data_root, isolated):
-    from kd.cells import Cell
-    from kd.train import run_cell
+    from kd.catalog.cells import Cell
+    from kd.engine import run_cell
     cell = Cell("cifar100", name, "tiny_s", None, "crd", terms=({"name": name, "weight": 1.0, **hp},))
     rec = run_cell(cell, 0, device="cpu", overrides={"epochs": 1, "batch_size": 32}, data_root=data_root,
                    progress=False, log=lambda *a: None)

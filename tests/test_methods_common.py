@@ -11,7 +11,7 @@ import torch
 
 import kd.methods  # noqa: F401
 import kd.models  # noqa: F401
-from kd.methods.base import Context, Step
+from kd.methods.contract import Context, Step
 from kd.registry import METHODS, MODELS
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tools"))

@@ -9,7 +9,7 @@ import torch
 
 import kd.methods  # noqa: F401
 from kd.errors import KDError
-from kd.methods.base import Context, Step
+from kd.methods.contract import Context, Step
 from kd.methods.kdsvd import KDSVD, align, kdsvd_loss
 
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 import pytest
 
 import kd.methods  # noqa: F401
-from kd.cells import Cell
+from kd.catalog.cells import Cell
 from kd.registry import METHODS
-from kd.results import read_records
-from kd.train import run_cell
+from kd.records.results import read_records
+from kd.engine import run_cell
 from test_methods_common import tiny_teacher
 
 SHORT_STAGE = {"ab": {"init_epochs": 1}, "fsp": {"init_epochs": 1}, "ft": {"init_epochs": 1},

@@ -78,7 +78,7 @@ def test_wheel_from_sdist_installs_a_working_kd(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith("KD_") and k != "PYTHONPATH"}
     env["KD_RESULTS"] = str(tmp_path / "res")
     kd = venv / "bin" / "kd"
-    where = _run([venv / "bin" / "python", "-c", "import kd.paths as p; print(p.PKG, p.BENCHMARKS, p.REFERENCE_TABLES)"],
+    where = _run([venv / "bin" / "python", "-c", "import kd.catalog.paths as p; print(p.PKG, p.BENCHMARKS, p.REFERENCE_TABLES)"],
                  cwd=work, env=env).split()
     assert all(Path(w).is_relative_to(purelib) for w in where), where
     assert _run([kd, "--version"], cwd=work, env=env).strip() == "kd 0.1.0"

@@ -16,31 +16,30 @@ import torch
 from torch import nn
 
 import kd.methods  # noqa: F401
-from kd.cells import Cell, load_recipe
+from kd.catalog.cells import Cell, load_recipe
 from kd.errors import KDError
-from kd.methods.base import Context, Step
+from kd.methods.contract import Context, Step
 from kd.registry import METHODS
-from kd.execution import Execution
-from kd.store import checkpoint_path, sha256_file
-from kd.train import Run, build_model, freeze, run_cell
+from kd.engine.execution import Execution
+from kd.records.store import checkpoint_path, sha256_file
+from kd.engine import run_cell
+from kd.engine.teacher import build_model, freeze
+from harness import View, member
 
 CPU = torch.device("cpu")
 
 
-def make_run(data_root, student, teacher, terms, ce_weight=1.0, teacher_model=None) -> Run:
+def make_run(data_root, student, teacher, terms, ce_weight=1.0, teacher_model=None) -> View:
     cell = Cell("cifar100", "conv", student, teacher, "crd", ce_weight=ce_weight, terms=tuple(terms))
     recipe = load_recipe("crd").with_overrides(epochs=1, batch_size=48)
-    run = Run(cell, recipe, 0, CPU, data_root=data_root, progress=False, log=lambda *a: None,
-              execution=Execution("eager", channels_last=False))      # the references' layout: same rounding
-    run.load_data()
     if teacher_model is None and teacher:
         torch.manual_seed(0)
         teacher_model = freeze(build_model(teacher, 100))
-    run.build(teacher_model, None)
-    return run
+    return View(member(cell, recipe, data_root, teacher_model,
+                       execution=Execution("eager", channels_last=False)))      # the references' layout: same rounding
 
 
-def batch(run: Run, n: int = 8):
+def batch(run: View, n: int = 8):
     gen = torch.Generator().manual_seed(0)
     idx, x, y = next(iter(run.data.train_batches(n, gen)))
     return idx, x, y

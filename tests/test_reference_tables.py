@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from kd.errors import KDError
-from kd.ids import parse_cell_id
-from kd.reftables import load_all, load_table, parse_cell
+from kd.catalog.ids import parse_cell_id
+from kd.catalog.reftables import load_all, load_table, parse_cell
 
 ROOT = Path(__file__).resolve().parents[1]
 TABLES = {t.id: t for t in load_all(ROOT / "reference_tables")}

@@ -1,4 +1,4 @@
-"""kd.report on synthetic rows: files written, paper layout, self-contained HTML, index counts."""
+"""kd.analysis.report on synthetic rows: files written, paper layout, self-contained HTML, index counts."""
 from __future__ import annotations
 
 import base64
@@ -7,8 +7,8 @@ from dataclasses import dataclass, field
 
 from synthetic import E  # noqa: E402
 
-from kd.compare import compare, extras
-from kd.report import write_reports
+from kd.analysis.compare import compare, extras
+from kd.analysis.report import write_reports
 
 
 def cid(label):

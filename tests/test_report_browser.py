@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 import pytest
 from synthetic import E
 
-from kd.compare import compare
-from kd.report import write_reports
+from kd.analysis.compare import compare
+from kd.analysis.report import write_reports
 
 BROWSER = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
 

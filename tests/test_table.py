@@ -9,9 +9,10 @@ from pathlib import Path
 
 import pytest
 
-import kd.train
-from kd.results import read_records
-from kd.table import plan, run_table, table_by_name
+import kd.engine.loop
+from kd.engine import Env
+from kd.records.results import read_records
+from kd.commands.table import plan, run_table, table_by_name
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -25,20 +26,21 @@ def test_table_plan_trains_teachers_first():
 
 
 def test_table_interrupted_then_restarted_records_each_cell_once(isolated, monkeypatch):
-    real = kd.train.run_cell
+    real = kd.engine.loop.train
     calls = []
 
-    def interrupt_second(cell, seed, **kw):                   # Ctrl-C in the middle of the 2nd cell
-        calls.append(cell.id)
-        return real(cell, seed, **kw, stop_after_epochs=1 if len(calls) == 2 else None)
+    def interrupt_second(members, stop_after_epochs=None):      # Ctrl-C in the middle of the 2nd run
+        calls.append([m.id for m in members])
+        return real(members, stop_after_epochs=1 if len(calls) == 2 else None)
 
-    monkeypatch.setattr(kd.train, "run_cell", interrupt_second)
+    monkeypatch.setattr(kd.engine.loop, "train", interrupt_second)
+    env = Env(progress=False, log=lambda *a: None)
     with pytest.raises(KeyboardInterrupt):      # one by one (a killed group: tests/test_group.py)
-        run_table("recorded_digits", [0], {"epochs": 2}, progress=False, group=False, log=lambda *a: None)
+        run_table("recorded_digits", [0], {"epochs": 2}, env, group=False)
     assert len(read_records(isolated / "results")) == 1
-    monkeypatch.setattr(kd.train, "run_cell", real)
-    run_table("recorded_digits", [0], {"epochs": 2}, progress=False, log=lambda *a: None)
-    run_table("recorded_digits", [0], {"epochs": 2}, progress=False, log=lambda *a: None)   # nothing left to do
+    monkeypatch.setattr(kd.engine.loop, "train", real)
+    run_table("recorded_digits", [0], {"epochs": 2}, env)
+    run_table("recorded_digits", [0], {"epochs": 2}, env)   # nothing left to do
     ids = [r["cell_id"] for r in read_records(isolated / "results")]
     assert sorted(ids) == sorted({"digits-sub400/baseline/tiny_t/digits~epochs=2", "digits-sub400/baseline/tiny_s/digits~epochs=2",
                                   "digits-sub400/kd/tiny_s_from_tiny_t/digits~epochs=2"})

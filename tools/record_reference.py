@@ -4,7 +4,7 @@
     python tools/record_reference.py --bench digits        # reference_tables/recorded_digits.yaml only
 
 Two benchmarks are recorded, each from the result lines committed in results/:
-- digits (results/digits.jsonl): the cells of `kd demo` (CPU, 2 threads, fixed by kd.demo);
+- digits (results/digits.jsonl): the cells of `kd demo` (CPU, 2 threads, fixed by kd.commands.demo);
 - cifar10_jpeg (results/cifar10_jpeg.jsonl): the README's real-data CPU run (JPEG copy of CIFAR-10).
 For each cell the ok result lines give mean ± std over seeds of the last-epoch top-1, written in the
 reference-table format with a tolerance for each number and one for each gain over the Student row,
@@ -21,7 +21,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from kd.compare import _latest_ok, aggregate  # noqa: E402
+from kd.analysis.compare import _latest_ok, aggregate  # noqa: E402
 
 BENCHES = {
     "digits": dict(

@@ -17,13 +17,11 @@ import torch
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 GOLDEN = REPO / "tests" / "golden" / "losses.json"
-# the tiny teacher of each method's checks: tiny_t, except where the method needs the student's
-# channels (KDSVD aligns singular vectors of equal length)
-TINY_TEACHER = {"kdsvd": "tiny_s"}
-
-
 def tiny_teacher(name: str) -> str:
-    return TINY_TEACHER.get(name, "tiny_t")
+    """The tiny teacher of a method's checks, as the method declares it (`Method.test_teacher`)."""
+    import kd.methods  # noqa: F401
+    from kd.registry import METHODS
+    return METHODS[name].test_teacher
 
 
 def method_losses(name: str) -> dict[str, float]:
@@ -33,9 +31,9 @@ def method_losses(name: str) -> dict[str, float]:
     (`teacher_mode`); the student is in train mode, as in the training loop."""
     import kd.methods  # noqa: F401
     import kd.models  # noqa: F401
-    from kd.methods.base import Context, Step
+    from kd.methods.contract import Context, Step
     from kd.registry import METHODS, MODELS
-    from kd.train import freeze
+    from kd.engine.teacher import freeze
     torch.manual_seed(0)
     s, t = MODELS["tiny_s"](num_classes=10), MODELS[tiny_teacher(name)](num_classes=10)
     cls = METHODS[name]

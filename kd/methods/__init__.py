@@ -1,26 +1,17 @@
-"""Every distillation method, one file each; importing this package registers them in METHODS."""
-from kd.methods import ab  # noqa: F401
-from kd.methods import at  # noqa: F401
-from kd.methods import bss  # noqa: F401
-from kd.methods import cc  # noqa: F401
-from kd.methods import crd  # noqa: F401
-from kd.methods import deit  # noqa: F401
-from kd.methods import dkd  # noqa: F401
-from kd.methods import dml  # noqa: F401
-from kd.methods import fitnet  # noqa: F401
-from kd.methods import fsp  # noqa: F401
-from kd.methods import ft  # noqa: F401
-from kd.methods import ipot  # noqa: F401
-from kd.methods import kd  # noqa: F401
-from kd.methods import kdsvd  # noqa: F401
-from kd.methods import nst  # noqa: F401
-from kd.methods import ofd  # noqa: F401
-from kd.methods import one  # noqa: F401
-from kd.methods import pkt  # noqa: F401
-from kd.methods import remd  # noqa: F401
-from kd.methods import reviewkd  # noqa: F401
-from kd.methods import rkd  # noqa: F401
-from kd.methods import sp  # noqa: F401
-from kd.methods import srd  # noqa: F401
-from kd.methods import srrl  # noqa: F401
-from kd.methods import vid  # noqa: F401
+"""Every distillation method, one file each (the contract they follow: kd.methods.contract);
+importing this package imports every module in it, which registers them in kd.registry.METHODS."""
+import importlib
+import pkgutil
+
+for _m in pkgutil.iter_modules(__path__):
+    importlib.import_module(f"{__name__}.{_m.name}")
+
+
+def check_terms(cell) -> None:
+    """Every hyperparameter of every term of `cell` names a constructor argument of its method and fits
+    its type (one KDError line otherwise): checked before a cell runs."""
+    from kd.methods.contract import check_hyperparameters
+    from kd.registry import METHODS
+    where = f"cell {cell.id}" + (f" ({cell.file})" if cell.file else "")
+    for t in cell.terms:
+        check_hyperparameters(METHODS.get(t["name"]), t, where)

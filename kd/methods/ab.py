@@ -26,7 +26,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
-from kd.methods.base import Context, Method, Stage, Step
+from kd.methods.contract import Context, Method, Stage, Step
 from kd.registry import METHODS
 
 

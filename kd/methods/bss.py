@@ -23,14 +23,14 @@ probabilities detached, as the reference (the gradient norm is clamped at 1e-12,
 weight 1 (no separate kd term). The reference's own recipe: 80 epochs, bs 256, lr 0.1 (x0.1 at
 E/2, 3E/4), wd 1e-4. The selection needs one host sync per step (variable attacked-set size, as in
 the reference, so the student's BatchNorm sees exactly the attacked samples): `capturable = False`,
-its cells run eagerly in every execution mode (kd/execution.py).
+its cells run eagerly in every execution mode (kd/engine/execution.py).
 """
 from __future__ import annotations
 
 import torch
 import torch.nn.functional as F
 
-from kd.methods.base import Context, Method, Step
+from kd.methods.contract import Context, Method, Step
 from kd.registry import METHODS
 
 

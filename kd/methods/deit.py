@@ -10,7 +10,7 @@ its own head; its logits z_d are trained against the teacher logits z_t:
              divided by B*K, the "legacy PyTorch" mean, so it is K times smaller than kd's batchmean)
 DeiT combines them as (1 - alpha) * CE(z_cls, y) + alpha * distillation: the cell carries alpha as
 ce_weight = 1 - alpha and the term's weight = alpha; the loop's CE reads the class-token logits
-(a distilled DeiT student's training-mode logits, see kd.models.imagenet). DeiT's hard setting is
+(a distilled DeiT student's training-mode logits, see kd.models.torchvision_timm). DeiT's hard setting is
 alpha = 0.5 (main.py --distillation-alpha default); for soft distillation the paper uses T = 3.0,
 lambda = 0.1 (recalled from the paper, not re-read here; main.py's --distillation-tau default is
 1.0): the T default here is 3.0. DeiT's base
@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kd.methods.base import Context, Method, Step
+from kd.methods.contract import Context, Method, Step
 from kd.registry import METHODS
 
 

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kd.errors import KDError
-from kd.methods.base import Context, Method, Stage, Step
+from kd.methods.contract import Context, Method, Stage, Step
 from kd.registry import METHODS
 
 

@@ -28,7 +28,7 @@ from torch import nn
 
 from kd.errors import KDError
 from kd.methods.at import match_hw
-from kd.methods.base import Context, Method, Stage, Step
+from kd.methods.contract import Context, Method, Stage, Step
 from kd.registry import METHODS
 
 

@@ -25,7 +25,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kd.methods.base import Context, Method, Stage, Step
+from kd.methods.contract import Context, Method, Stage, Step
 from kd.registry import METHODS
 
 

@@ -27,7 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kd.errors import KDError
-from kd.methods.base import Context, Method, Step
+from kd.methods.contract import Context, Method, Step
 from kd.registry import METHODS
 
 

@@ -33,7 +33,7 @@ import torch
 import torch.nn.functional as F
 
 from kd.errors import KDError
-from kd.methods.base import Context, Method, Step
+from kd.methods.contract import Context, Method, Step
 from kd.registry import METHODS
 
 
@@ -82,6 +82,7 @@ def kdsvd_loss(g_s: list[torch.Tensor], g_t: list[torch.Tensor], k: int = 1) -> 
 @METHODS.register("kdsvd")
 class KDSVD(Method):
     capturable = False                 # torch.linalg.svd syncs with the host on CUDA
+    test_teacher = "tiny_s"            # aligns singular vectors of equal length: the student's channels
 
     def __init__(self, ctx: Context, k: int = 1, layers: list[int] | None = None):
         super().__init__(ctx)

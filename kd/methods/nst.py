@@ -16,7 +16,7 @@ import torch
 import torch.nn.functional as F
 
 from kd.methods.at import match_hw, pick
-from kd.methods.base import Context, Method, Step
+from kd.methods.contract import Context, Method, Step
 from kd.registry import METHODS
 
 

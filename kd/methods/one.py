@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kd.errors import KDError
-from kd.methods.base import Context, Method, Step
+from kd.methods.contract import Context, Method, Step
 from kd.methods.dml import fresh_copy, own_generator
 from kd.methods.kd import kd_loss
 from kd.models.resnet import CifarResNet

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from kd.methods.base import Context, Method, Step
+from kd.methods.contract import Context, Method, Step
 from kd.registry import METHODS
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import torch
 
-from kd.methods.base import Context, Step
+from kd.methods.contract import Context, Step
 from kd.methods.ipot import OTFeatureMethod
 from kd.registry import METHODS
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from kd.methods.base import Context, Method, Step
+from kd.methods.contract import Context, Method, Step
 from kd.registry import METHODS
 
 
@@ -66,13 +66,25 @@ class RKD(Method):
         return loss
 
 
-def _preset(name: str, w_d: float, w_a: float) -> type:
-    def init(self, ctx: Context, w_d: float = w_d, w_a: float = w_a, layer: int = -1):
-        RKD.__init__(self, ctx, w_d, w_a, layer)
-    cls = type(f"RKD_{name}", (RKD,), {"__init__": init, "__doc__": f"RKD preset {name}: w_d={w_d}, w_a={w_a}"})
-    return METHODS.register(name)(cls)
+@METHODS.register("rkd_d")
+class RKD_D(RKD):
+    """RKD preset rkd_d: distance term only (w_d=25, w_a=0)."""
+
+    def __init__(self, ctx: Context, w_d: float = 25.0, w_a: float = 0.0, layer: int = -1):
+        super().__init__(ctx, w_d, w_a, layer)
 
 
-RKD_D = _preset("rkd_d", 25.0, 0.0)
-RKD_A = _preset("rkd_a", 0.0, 50.0)
-RKD_DA = _preset("rkd_da", 25.0, 50.0)
+@METHODS.register("rkd_a")
+class RKD_A(RKD):
+    """RKD preset rkd_a: angle term only (w_d=0, w_a=50)."""
+
+    def __init__(self, ctx: Context, w_d: float = 0.0, w_a: float = 50.0, layer: int = -1):
+        super().__init__(ctx, w_d, w_a, layer)
+
+
+@METHODS.register("rkd_da")
+class RKD_DA(RKD):
+    """RKD preset rkd_da: both terms (w_d=25, w_a=50)."""
+
+    def __init__(self, ctx: Context, w_d: float = 25.0, w_a: float = 50.0, layer: int = -1):
+        super().__init__(ctx, w_d, w_a, layer)

@@ -8,20 +8,16 @@ get_bn_before_relu(); get_stage_channels(); and the attribute num_classes.
 """
 from __future__ import annotations
 
+import importlib
+import pkgutil
 from collections.abc import Mapping
 
 import torch
 
 from kd.errors import KDError
-from kd.models import imagenet  # noqa: F401
-from kd.models import mobilenetv2  # noqa: F401
-from kd.models import resnet  # noqa: F401
-from kd.models import resnetv2  # noqa: F401
-from kd.models import shufflenetv1  # noqa: F401
-from kd.models import shufflenetv2  # noqa: F401
-from kd.models import tiny  # noqa: F401
-from kd.models import vgg  # noqa: F401
-from kd.models import wrn  # noqa: F401
+
+for _m in pkgutil.iter_modules(__path__):          # every model module registers its models
+    importlib.import_module(f"{__name__}.{_m.name}")
 
 
 def _few(keys, n: int = 5) -> str:

@@ -11,7 +11,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kd.models.resnet import Stage
-from kd.models.base import FeatureNet
+from kd.models.featurenet import FeatureNet
 from kd.registry import MODELS
 
 

@@ -12,7 +12,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from kd.models.resnet import Stage
-from kd.models.base import FeatureNet
+from kd.models.featurenet import FeatureNet
 from kd.errors import KDError
 from kd.registry import MODELS
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kd.models.base import FeatureNet
+from kd.models.featurenet import FeatureNet
 from kd.registry import MODELS
 
 

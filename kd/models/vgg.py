@@ -12,7 +12,7 @@ import math
 import torch.nn as nn
 import torch.nn.functional as F
 
-from kd.models.base import FeatureNet
+from kd.models.featurenet import FeatureNet
 from kd.registry import MODELS
 
 CFGS = {

@@ -1,4 +1,4 @@
-"""Reports regenerated from comparison rows (kd/compare.py) alone: per table <id>.md and a
+"""Reports regenerated from comparison rows (kd/analysis/compare.py) alone: per table <id>.md and a
 self-contained <id>.html (inline CSS, plot as a data-URI PNG), plus index.md / index.html.
 
 Each cell reads `ours mean ± std (n) / published / delta` and a verdict marker (✓ reproduced,
@@ -28,7 +28,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from tabulate import tabulate  # noqa: E402
 
-from kd.compare import rankings, summary  # noqa: E402
+from kd.analysis.compare import rankings, summary  # noqa: E402
 
 # Development-tree sources named in the tables' notes -> what a reader of the repository can look up.
 SOURCE_DOCS = {"000": "Lohit & Jones, WACV 2022", "001": "Sarfraz et al., ICPR 2020", "002": "Miles & Mikolajczyk, AAAI 2024",
@@ -155,7 +155,7 @@ def _markdown(table, rows, n_results) -> str:
 
 def band(r) -> float:
     """The half-width of r's own band: its verdict is 'reproduced' iff |ours − published| ≤ band(r)
-    (kd.compare.verdict: the tolerance, or twice the published std when that is wider)."""
+    (kd.analysis.compare.verdict: the tolerance, or twice the published std when that is wider)."""
     return max(r.tolerance, 2 * (r.published_std or 0.0))
 
 

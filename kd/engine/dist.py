@@ -25,7 +25,7 @@ Conventions (they change numbers, so they are all here):
 - BatchNorm statistics are per rank (each rank normalises its slice and keeps its own running
   statistics; rank 0's are evaluated and saved) unless the recipe sets `sync_bn: true`, which
   converts the student's BatchNorm layers to SyncBatchNorm (CUDA only).
-- The learning rate for the global batch is the recipe's rule (`lr_scaling`, kd.cells.Recipe),
+- The learning rate for the global batch is the recipe's rule (`lr_scaling`, kd.catalog.cells.Recipe),
   never changed here: the same global batch on more GPUs keeps the LR.
 - Only rank 0 evaluates, writes the per-epoch resume state, the checkpoint and the result line;
   the line records world_size, global_batch and per_rank_batch. After a kill, every rank resumes

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-PKG = Path(__file__).resolve().parent
+PKG = Path(__file__).resolve().parent.parent      # the kd package
 REPO = PKG.parent          # the source checkout (meaningless for an installed wheel)
 
 

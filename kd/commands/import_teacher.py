@@ -26,11 +26,14 @@ def import_teacher(cell, src: Path, sha256: str, *, data_root=None, store=None, 
                    device: str | None = None, force: bool = False) -> dict:
     import torch
 
-    from kd.cells import load_recipe
+    from kd.catalog.cells import load_recipe
     from kd.data import load_dataset
-    from kd.results import SCHEMA, append_record, results_file
-    from kd.store import checkpoint_path, install_checkpoint, load_checkpoint, run_lock, sha256_file, store_root
-    from kd.train import _device_name, _git, _versions, build_model, evaluate
+    from kd.records.results import SCHEMA, append_record, results_file
+    from kd.engine.distiller import Distiller
+    from kd.engine.teacher import build_model
+    from kd.models import load_weights
+    from kd.records.provenance import device_name, git, versions
+    from kd.records.store import checkpoint_path, install_checkpoint, run_lock, sha256_file, store_root
     if cell.label != "baseline" or cell.teacher:
         raise KDError(f"{cell.id} is not a teacher cell (expected dataset/baseline/<model>/<recipe>)")
     src = Path(src)
@@ -49,11 +52,11 @@ def import_teacher(cell, src: Path, sha256: str, *, data_root=None, store=None, 
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     ds = load_dataset(cell.dataset, data_root, seed=recipe.data_seed)
     model = build_model(cell.student, ds.num_classes)
-    load_checkpoint(model, src, expected_sha256=digest)                              # strict load check
+    load_weights(model, src)                                                         # strict load check
     started = dt.datetime.now(dt.timezone.utc)
     t0 = time.perf_counter()
     data = ds.on_device(dev)
-    top1, top5 = evaluate(model.to(dev), [], data)
+    top1, top5 = Distiller(cell, model.to(dev), None, [], [], channels_last=False, amp=False).evaluate(data)
     wall = time.perf_counter() - t0
     with run_lock(store, cell.id, recipe.teacher_seed):          # not while a run trains this teacher
         install_checkpoint(src, dst, digest, f"imported from {src.resolve()}")
@@ -63,8 +66,8 @@ def import_teacher(cell, src: Path, sha256: str, *, data_root=None, store=None, 
            "top5_best": round(top5, 4), "best_epoch": None, "checkpoint": str(dst), "checkpoint_sha256": digest,
            "imported": {"from": str(src.resolve()), "sha256": digest}, "curve": [], "stage_curve": [],
            "config": {"cell": cell.to_dict(), "dataset_info": ds.info, "num_test": data.num_test},
-           "teacher_cell": None, "teacher_checkpoint_sha256": None, "git": dict(_git()), "versions": _versions(),
-           "device": _device_name(dev), "wall_s": round(wall, 3), "images_per_s": None,
+           "teacher_cell": None, "teacher_checkpoint_sha256": None, "git": dict(git()), "versions": versions(),
+           "device": device_name(dev), "wall_s": round(wall, 3), "images_per_s": None,
            "started": started.isoformat(timespec="seconds"),
            "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "host": platform.node(),
            "argv": sys.argv[1:]}

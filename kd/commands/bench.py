@@ -21,7 +21,6 @@ gamma 0.1, alpha 0.9, T 4; CRD with gamma 1, beta 0.8, nce_k 16384, 50,000 train
 from __future__ import annotations
 
 import contextlib
-import datetime as dt
 import io
 import itertools
 import os
@@ -30,12 +29,14 @@ import statistics
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from kd.errors import KDError
-from kd.execution import Execution, set_lr
+from kd.engine.execution import Execution
+from kd.engine.optim import set_lr
 
 CIFAR_MEAN, CIFAR_STD = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)
 
@@ -54,30 +55,37 @@ def _synthetic(num_train: int, num_classes: int, hw: int, seed: int = 0):
 
 
 class Ours:
-    """The loop's step for one cell and one execution mode."""
+    """The loop's step for one cell and one execution mode (a random-initialised teacher: speed only)."""
 
     def __init__(self, cell, recipe, device, execution: Execution, ds):
-        from kd.train import Run, build_model, freeze
+        from kd.catalog.spec import RunSpec
+        from kd.engine.distiller import Distiller
+        from kd.engine.optim import optimizer
+        from kd.engine.teacher import build_model, freeze, teacher_mode
         self.name = f"kd ({execution.mode}{', channels_last' if execution.channels_last else ''})"
-        self.execution, self.device = execution, device
-        run = Run(cell, recipe, 0, device, execution=execution, log=lambda *a: None)
-        run.ds, run.data = ds, ds.on_device(device)
+        self.device, data = device, ds.on_device(device)
         torch.manual_seed(0)
-        teacher = freeze(build_model(cell.teacher, ds.num_classes).to(device)) if cell.teacher else None
-        run.build(teacher, None)
-        self.execution = run.execution                     # after any announced fallback
-        opt = run._optimizer(list(run.student.parameters()) + list(run.method_modules.parameters()), recipe.lr)
-        set_lr(opt, recipe.lr, run.execution.compiled, device)
-        run.student.train(), run.method_modules.train()
-        self.step, self.run = run.make_step(None, opt), run
+        teacher = None
+        if cell.teacher:
+            teacher = freeze(build_model(cell.teacher, ds.num_classes).to(device), teacher_mode(cell))
+            if execution.channels_last:
+                teacher.to(memory_format=torch.channels_last)
+        d = Distiller.build(RunSpec(cell, recipe, 0), teacher, data, ds.num_classes, device, execution.channels_last)
+        self.execution = execution.for_methods(list(d.methods), lambda *a: None)   # after any announced fallback
+        opt = optimizer(recipe, list(d.student.parameters()) + list(d.methods.parameters()), recipe.lr)
+        set_lr(opt, recipe.lr, self.execution.compiled, device)
+        d.train_mode(None)
+        self.d, self.step = d, d.make_step(None, opt, self.execution)
+        self.kinds = d.phase[None][1] if d.phase[None][2] else None
         self.epoch = torch.zeros((), device=device)
         gen = torch.Generator(device=device).manual_seed(0)
         self.batches = itertools.chain.from_iterable(
-            run.data.train_batches(recipe.batch_size, gen) for _ in itertools.count())
+            data.train_batches(recipe.batch_size, gen) for _ in itertools.count())
 
     def steps(self, n: int):
         for idx, x, y in itertools.islice(self.batches, n):
-            self.step(x, y, idx, self.epoch)
+            t_out = self.d.teacher_forward(x, self.kinds) if self.kinds is not None else None
+            self.step(x, y, idx, self.epoch, t_out)
         _sync(self.device)
 
 
@@ -191,12 +199,7 @@ def bench(cell_id: str, *, modes=None, device=None, steps=30, warmup=10, rounds=
           repdistiller=None, workers=None, results=None, channels_last=True, num_train=None, data_root=None,
           log=print) -> list[dict]:
     """Time the contenders, print a table, append one speed line per contender; returns the lines."""
-    import kd.methods  # noqa: F401
-    from tabulate import tabulate
-    from kd.cells import find_cell, load_recipe
-    from kd.data import num_classes
-    from kd.results import append_record, results_root
-    from kd.train import _device_name, _git, _versions
+    from kd.catalog.cells import find_cell, load_recipe
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise KDError("--device cuda: no CUDA device is visible")
@@ -207,24 +210,36 @@ def bench(cell_id: str, *, modes=None, device=None, steps=30, warmup=10, rounds=
         torch.set_num_threads(threads)
     cell = find_cell(cell_id)
     recipe = load_recipe(cell.recipe)
-    k = num_classes(cell.dataset)
     if batch_size:
         recipe = recipe.with_overrides(batch_size=batch_size)
-    try:                           # the cell's own data when it is at hand (its size and shape)...
-        from kd.data import load_dataset
-        ds = load_dataset(cell.dataset, data_root, seed=recipe.data_seed)
-    except KDError:                # ...else synthetic images of its shape: the content does not change the time
-        n = num_train or (50_000 if repdistiller else 4 * recipe.batch_size * (steps + warmup))
-        ds = _synthetic(n, k, 224 if cell.dataset.startswith("imagenet") else 32)
-    n = ds.num_train
+    ds = _bench_data(cell, recipe, data_root, num_train or (50_000 if repdistiller else
+                                                            4 * recipe.batch_size * (steps + warmup)))
     contenders = [Ours(cell, recipe, dev, Execution(m, channels_last=channels_last), ds) for m in modes]
     if repdistiller:
         w = workers if workers is not None else min(8, os.cpu_count() or 1)
-        contenders.append(RepDistiller(Path(repdistiller), cell, recipe, dev, w, n))
+        contenders.append(RepDistiller(Path(repdistiller), cell, recipe, dev, w, ds.num_train))
+    times, peak = _time(contenders, dev, steps, warmup, rounds)
+    out = _speed_lines(contenders, times, peak, cell, recipe, ds, dev, steps, warmup, rounds)
+    _report(out, results, log)
+    return out
+
+
+def _bench_data(cell, recipe, data_root, n: int):
+    """The cell's own data when it is at hand (its size and shape), else n synthetic images of its shape:
+    the content does not change the time."""
+    from kd.data import load_dataset, num_classes
+    try:
+        return load_dataset(cell.dataset, data_root, seed=recipe.data_seed)
+    except KDError:
+        return _synthetic(n, num_classes(cell.dataset), 224 if cell.dataset.startswith("imagenet") else 32)
+
+
+def _time(contenders, dev, steps: int, warmup: int, rounds: int) -> tuple[dict, dict]:
+    """Seconds of `steps` steps per round per contender (orders alternate), and peak CUDA memory."""
     times = {c.name: [] for c in contenders}
     peak = {c.name: None for c in contenders}
     for r in range(rounds):
-        for c in (contenders if r % 2 == 0 else contenders[::-1]):      # alternate the order
+        for c in (contenders if r % 2 == 0 else contenders[::-1]):
             c.steps(warmup)
             if dev.type == "cuda":
                 torch.cuda.reset_peak_memory_stats(dev)
@@ -234,84 +249,77 @@ def bench(cell_id: str, *, modes=None, device=None, steps=30, warmup=10, rounds=
             if dev.type == "cuda":
                 peak[c.name] = max(peak[c.name] or 0, torch.cuda.max_memory_allocated(dev))
             getattr(c, "end_round", lambda: None)()
-    bs = recipe.batch_size
-    base = statistics.median(times["RepDistiller"]) if repdistiller else None
-    out, rows = [], []
-    when = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
+    return times, peak
+
+
+def _speed_lines(contenders, times, peak, cell, recipe, ds, dev, steps, warmup, rounds) -> list[dict]:
+    from kd.records.provenance import device_name, git, now, versions
+    bs, n = recipe.batch_size, ds.num_train
+    base = statistics.median(times["RepDistiller"]) if "RepDistiller" in times else None
+    out, when = [], now()
     for c in contenders:
         t = statistics.median(times[c.name])
-        line = {"kind": "speed", "cell_id": cell.id, "contender": c.name,
-                "execution": c.execution.record(dev) if isinstance(c, Ours) else None,
-                "batch_size": bs, "data": ds.name, "num_train": n, "steps": steps, "warmup": warmup, "rounds": rounds,
-                "ms_per_step": round(1000 * t / steps, 3), "images_per_s": round(bs * steps / t, 1),
-                "images_per_s_rounds": [round(bs * steps / x, 1) for x in times[c.name]],
-                "peak_memory_mb": round(peak[c.name] / 2**20, 1) if peak[c.name] else None,
-                "ratio_to_repdistiller": round(base / t, 3) if base else None,
-                "device": _device_name(dev), "threads": torch.get_num_threads(),
-                "dataloader_workers": getattr(c, "loader", None) and c.loader.num_workers,
-                "versions": _versions(), "git": dict(_git()), "when": when, "argv": sys.argv[1:]}
-        out.append(line)
-        rows.append([c.name, line["ms_per_step"], line["images_per_s"], line["peak_memory_mb"] or "-",
-                     line["ratio_to_repdistiller"] or "-"])
-    log(tabulate(rows, headers=["contender", "ms/step", "img/s", "peak MB", "x RepDistiller"]))
+        out.append({"kind": "speed", "cell_id": cell.id, "contender": c.name,
+                    "execution": c.execution.record(dev) if isinstance(c, Ours) else None,
+                    "batch_size": bs, "data": ds.name, "num_train": n, "steps": steps, "warmup": warmup,
+                    "rounds": rounds, "ms_per_step": round(1000 * t / steps, 3), "images_per_s": round(bs * steps / t, 1),
+                    "images_per_s_rounds": [round(bs * steps / x, 1) for x in times[c.name]],
+                    "peak_memory_mb": round(peak[c.name] / 2**20, 1) if peak[c.name] else None,
+                    "ratio_to_repdistiller": round(base / t, 3) if base else None,
+                    "device": device_name(dev), "threads": torch.get_num_threads(),
+                    "dataloader_workers": getattr(c, "loader", None) and c.loader.num_workers,
+                    "versions": versions(), "git": dict(git()), "when": when, "argv": sys.argv[1:]})
+    return out
+
+
+def _report(out: list[dict], results, log):
+    from tabulate import tabulate
+    from kd.records.results import append_record, results_root
+    log(tabulate([[x["contender"], x["ms_per_step"], x["images_per_s"], x["peak_memory_mb"] or "-",
+                   x["ratio_to_repdistiller"] or "-"] for x in out],
+                 headers=["contender", "ms/step", "img/s", "peak MB", "x RepDistiller"]))
     path = results_root(results) / "speed" / "bench.jsonl"
     for line in out:
         append_record(line, path)
     log(f"{len(out)} speed lines appended to {path}")
-    return out
 
 
 def bench_group(table: str, *, seed=0, overrides=None, device=None, threads=None, data_root=None, results=None,
                 log=print) -> dict:
     """Whole wall time of a table's runs (one seed, under `overrides`) one by one and grouped
-    (kd/group.py), in one process on the same machine; checks that both wrote the same result lines
+    (kd.engine.grouping), in one process on the same machine; checks that both wrote the same result lines
     (curves, checkpoint sha256) and appends one line to <results>/speed/group.jsonl. Teachers are
     trained first, untimed, into a store both passes share."""
-    from kd.cells import load_recipe
-    from kd.group import run_grouped
-    from kd.results import append_record, read_records, results_root
-    from kd.table import plan, table_by_name
-    from kd.train import _device_name, _git, _versions, run_cell
+    from kd.catalog.spec import RunSpec
+    from kd.commands.table import plan, table_by_name
+    from kd.engine import Env, run
+    from kd.records.provenance import device_name, git, now, versions
+    from kd.records.results import append_record, read_records, results_root
     if threads:
         torch.set_num_threads(threads)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     ov = dict(overrides or {})
     cells, _ = plan(table_by_name(table), ov, [seed])
-    teachers = {c.teacher_cell(load_recipe(c.recipe)).id for c in cells if c.teacher}
-    cells = [c for c in cells if c.id not in teachers]
-    quiet = dict(device=device, data_root=data_root, progress=False, log=lambda *a: None)
+    specs = [RunSpec.of(c, seed, ov) for c in cells]
+    teachers = {t.id for s in specs for t in s.teacher_specs()}
+    specs = [s for s in specs if s.id not in teachers]
     with tempfile.TemporaryDirectory(prefix="kd-bench-group-") as tmp:
-        store = Path(tmp) / "store"
-        from kd.train import Run
-        for c in [c for c in cells if c.teacher]:          # teachers trained (once) before any timing
-            r = Run(c, load_recipe(c.recipe).with_overrides(**ov), seed, dev, data_root, store,
-                    Path(tmp) / "teachers", progress=False, log=lambda *a: None)
-            r.load_data()
-            r.get_teacher()
-        walls = {}
+        env = Env(data_root, Path(tmp) / "store", device=dev).quiet()
+        from kd.engine import build
+        run(build.missing_teachers(specs, env.resolved(dev)), replace(env, results=Path(tmp) / "teachers"), group=False)
+        walls, errors = {}, {}
         for mode in ("one_by_one", "grouped"):
-            out = Path(tmp) / mode
             t0 = time.perf_counter()
-            if mode == "grouped":
-                _, errors = run_grouped([(c, seed) for c in cells], ov, store=store, results_dir=out, **quiet)
-            else:
-                errors = []
-                for c in cells:
-                    try:
-                        run_cell(c, seed, overrides=ov, store=store, results_dir=out, **quiet)
-                    except KDError as e:
-                        errors.append(str(e))
+            errors[mode] = run(specs, replace(env, results=Path(tmp) / mode), group=mode == "grouped")[1]
             walls[mode] = time.perf_counter() - t0
-            walls[mode + "_errors"] = errors
         key = lambda rs: {(r["cell_id"], r["seed"]): (r["curve"], r.get("checkpoint_sha256")) for r in rs}  # noqa: E731
         same = key(read_records(Path(tmp) / "one_by_one")) == key(read_records(Path(tmp) / "grouped"))
-    line = {"kind": "group-speed", "table": table, "seed": seed, "overrides": ov, "cells": [c.id for c in cells],
+    line = {"kind": "group-speed", "table": table, "seed": seed, "overrides": ov, "cells": [s.cell.id for s in specs],
             "wall_s_one_by_one": round(walls["one_by_one"], 2), "wall_s_grouped": round(walls["grouped"], 2),
             "ratio": round(walls["one_by_one"] / walls["grouped"], 3), "identical_result_lines": same,
-            "failed": walls["grouped_errors"], "device": _device_name(dev), "threads": torch.get_num_threads(),
-            "versions": _versions(), "git": dict(_git()),
-            "when": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "argv": sys.argv[1:]}
+            "failed": errors["grouped"], "device": device_name(dev), "threads": torch.get_num_threads(),
+            "versions": versions(), "git": dict(git()), "when": now(), "argv": sys.argv[1:]}
     append_record(line, results_root(results) / "speed" / "group.jsonl")
-    log(f"{table}: {len(cells)} runs, one by one {line['wall_s_one_by_one']} s, grouped {line['wall_s_grouped']} s, "
+    log(f"{table}: {len(specs)} runs, one by one {line['wall_s_one_by_one']} s, grouped {line['wall_s_grouped']} s, "
         f"ratio {line['ratio']}x; identical result lines: {same}")
     return line

@@ -1,8 +1,8 @@
 """Runs on a Slurm cluster through submitit: `kd table NAME --executor slurm`, `kd run CELL --executor slurm`.
 
 Each (cell, seed) run is one task of a Slurm job array (submitit's `executor.batch()`), calling the
-same `kd.train.run_cell` as the in-process path, so a job appends exactly the result line the
-in-process run would (the results folder takes concurrent writers, kd.results.append_record).
+same `kd.engine.run_cell` as the in-process path, so a job appends exactly the result line the
+in-process run would (the results folder takes concurrent writers, kd.records.results.append_record).
 
 Order: the teacher runs that students need (and that are not stored yet) go first, as one array;
 the students that need them follow in arrays submitted with `--dependency=afterok:<teacher tasks>`
@@ -14,7 +14,7 @@ twice.
 Time limit and preemption: every task is a submitit Checkpointable (CellRun). Slurm signals it
 `signal_delay_s` before the limit; submitit calls CellRun.checkpoint(), which resubmits the same run,
 and requeues the job (at most `max_requeue` times). The run resumes from its per-epoch state
-(kd.train.Run), so at most one epoch is repeated.
+(kd.engine.member), so at most one epoch is repeated.
 
 Tracking: every submitted run writes <store>/jobs/<cell>__seed<N>.json (job id, cell, seed, ...).
 A run is *done* when its result line exists, *queued*/*running* from Slurm's accounting (sacct,
@@ -24,7 +24,7 @@ runs and resubmits failed ones; `kd list --status` shows the states.
 
 Slurm options (flags, or a YAML file read with safe_load; unknown keys are errors) are SlurmOptions
 below. `gpus_per_job` > 1 makes each run one job of that many tasks, one per GPU, trained
-data-parallel by kd.dist (as DeiT's run_with_submitit.py: tasks_per_node = GPUs per node).
+data-parallel by kd.engine.dist (as DeiT's run_with_submitit.py: tasks_per_node = GPUs per node).
 """
 from __future__ import annotations
 
@@ -50,7 +50,7 @@ class SlurmOptions:
     partition: str | None = None
     account: str | None = None
     qos: str | None = None
-    gpus_per_job: int = 1            # > 1: one data-parallel job (kd.dist), one task per GPU, one node
+    gpus_per_job: int = 1            # > 1: one data-parallel job (kd.engine.dist), one task per GPU, one node
     cpus_per_task: int = 8           # per task, i.e. per GPU
     mem_gb: float | None = None      # per node; None: the partition's default
     time_min: int = 1440             # per job; a longer run is requeued and resumes
@@ -70,7 +70,7 @@ def slurm_options(config: str | os.PathLike | None = None, **flags) -> SlurmOpti
     """Options from a YAML file, then flags (a flag given wins). Unknown or mistyped keys: one-line error."""
     data: dict = {}
     if config:
-        from kd.cells import read_yaml
+        from kd.catalog.cells import read_yaml
         data = read_yaml(Path(config))
     data.update({k: v for k, v in flags.items() if v is not None and v != {}})
     where = str(config) if config else "slurm options"
@@ -105,7 +105,7 @@ def parse_sbatch_flags(items: list[str] | None) -> dict:
 
 
 class CellRun(submitit.helpers.Checkpointable):
-    """One (cell, seed) run as a Slurm task: `kd.train.run_cell`, as `kd run` calls it."""
+    """One (cell, seed) run as a Slurm task: `kd.engine.run_cell`, as `kd run` calls it."""
 
     def __init__(self, cell: str, seed: int, overrides: dict, data_root: str | None, store: str,
                  results_dir: str, device: str | None = None):
@@ -113,8 +113,8 @@ class CellRun(submitit.helpers.Checkpointable):
         self.data_root, self.store, self.results_dir, self.device = data_root, store, results_dir, device
 
     def __call__(self) -> dict | None:
-        from kd.cells import find_cell
-        from kd.train import run_cell
+        from kd.catalog.cells import find_cell
+        from kd.engine import run_cell
         rec = run_cell(find_cell(self.cell), self.seed, device=self.device, overrides=self.overrides,
                        data_root=self.data_root, store=self.store, results_dir=self.results_dir, progress=False)
         return None if rec is None else {k: rec.get(k) for k in ("cell_id", "seed", "top1_last", "world_size")}
@@ -128,12 +128,12 @@ class CellRun(submitit.helpers.Checkpointable):
 # --- tracking ---------------------------------------------------------------------------------
 
 def jobs_dir(store) -> Path:
-    from kd.store import store_root
+    from kd.records.store import store_root
     return store_root(store) / "jobs"
 
 
 def _job_file(store, cid: str, seed: int) -> Path:
-    from kd.store import safe_name as _safe
+    from kd.records.store import safe_name as _safe
     return jobs_dir(store) / f"{_safe(cid)}__seed{seed}.json"
 
 
@@ -167,7 +167,7 @@ def _job_state(job: dict, watcher) -> str:
 def run_states(store, results=None) -> dict[tuple[str, int], dict]:
     """(cell id, seed) -> {"state": done|queued|running|failed, "job_id": ...} for every tracked or
     recorded run. One sacct call for all Slurm jobs."""
-    from kd.results import read_records
+    from kd.records.results import read_records
     out: dict[tuple[str, int], dict] = {}
     for r in read_records(results):
         key = (r["cell_id"], r["seed"])
@@ -191,7 +191,7 @@ def run_states(store, results=None) -> dict[tuple[str, int], dict]:
 
 @dataclass
 class Task:
-    cell: object                 # kd.cells.Cell (its registered id runs, with the overrides)
+    cell: object                 # kd.catalog.cells.Cell (its registered id runs, with the overrides)
     cid: str                     # the id its result line carries
     seed: int
     needs: tuple = ()            # (teacher cid, teacher seed) it must wait for, if not stored
@@ -199,23 +199,20 @@ class Task:
 
 def plan_tasks(cells, seeds: list[int], overrides: dict, store) -> list[Task]:
     """Every (cell, seed) plus the teacher runs they need that are not stored, teachers first."""
-    from kd.cells import load_recipe
-    from kd.ids import cell_id
-    from kd.store import store_root
-    from kd.train import teacher_run
+    from kd.catalog.spec import RunSpec
+    from kd.engine.teacher import teacher_run
+    from kd.records.store import store_root
     store = store_root(store)
     teachers: dict[tuple[str, int], Task] = {}
     rest: list[Task] = []
     for cell in cells:
-        recipe = load_recipe(cell.recipe).with_overrides(**overrides)
-        cid = cell_id(cell.dataset, cell.label, cell.student, cell.teacher, recipe.id)
+        spec = RunSpec.of(cell, 0, overrides)
         needs = ()
-        if cell.teacher:
-            tcell, trecipe, tid, _, stored = teacher_run(cell, recipe, store)
-            if not stored:
-                needs = ((tid, recipe.teacher_seed),)
-                teachers.setdefault(needs[0], Task(tcell, tid, recipe.teacher_seed))     # a registered cell (load_cells)
-        rest += [Task(cell, cid, s, needs) for s in seeds]
+        tspec, _, stored = teacher_run(spec, store)
+        if tspec is not None and not stored:
+            needs = (tspec.key,)
+            teachers.setdefault(needs[0], Task(tspec.cell, tspec.id, tspec.seed))     # a registered cell (load_cells)
+        rest += [Task(cell, spec.id, s, needs) for s in seeds]
     rest = [t for t in rest if (t.cid, t.seed) not in teachers]
     return list(teachers.values()) + rest
 
@@ -258,9 +255,9 @@ def submit(tasks: list[Task], overrides: dict, opts: SlurmOptions, *, cluster: s
            store=None, results_dir=None, device=None, log=print) -> list[tuple[Task, "submitit.Job"]]:
     """Submit every task not done, queued or running; returns [(task, submitit job)]. Teachers first, and
     their students depend on them (Slurm), or wait for them here (cluster 'local', for tests)."""
-    from kd.dist import check_batch
-    from kd.results import results_root
-    from kd.store import store_root
+    from kd.engine.dist import check_batch
+    from kd.records.results import results_root
+    from kd.records.store import store_root
     if cluster == "slurm" and not shutil.which("sbatch"):
         raise KDError("sbatch not found: --executor slurm submits with Slurm's sbatch; run it on a Slurm "
                       "login node, or drop --executor to run here")
@@ -269,7 +266,7 @@ def submit(tasks: list[Task], overrides: dict, opts: SlurmOptions, *, cluster: s
     jdir.mkdir(parents=True, exist_ok=True)
     folder = jdir / "submitit" / "%j"
     if opts.gpus_per_job > 1:
-        from kd.cells import load_recipe
+        from kd.catalog.cells import load_recipe
         for t in tasks:
             check_batch(load_recipe(t.cell.recipe).with_overrides(**overrides).batch_size, opts.gpus_per_job)
     with open(jdir / ".lock", "w") as lock:              # two `kd table` at once never submit a run twice

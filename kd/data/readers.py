@@ -1,21 +1,13 @@
-"""Datasets: readers for standard on-disk layouts, variants, and batch augmentation on the device.
-
-Every dataset is loaded into memory as uint8 tensors (N, C, H, W) plus int64 labels. Training
-augmentation runs on whole batches on the training device (no per-image Python):
-  random crop of the zero-padded image (RepDistiller's RandomCrop(32, padding=4): the padding is
-  black pixels, i.e. zero *before* normalisation), horizontal flip with p = 0.5 drawn per sample,
-  then per-dataset normalisation. Evaluation normalises only.
-
-The data root comes from `--data-root` or the KD_DATA_ROOT environment variable (default ./data).
+"""Readers of standard on-disk layouts (CIFAR pickles, SVHN .mat, image folders, scikit-learn digits),
+each registered under its dataset name with its number of classes.
 """
 from __future__ import annotations
 
 import hashlib
 import os
 import pickle
-import re
 import tempfile
-from dataclasses import dataclass, field, replace
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -23,135 +15,7 @@ import torch
 
 from kd.errors import KDError
 from kd.registry import DATASETS
-
-
-def data_root(override: str | os.PathLike | None = None) -> Path:
-    return Path(override or os.environ.get("KD_DATA_ROOT", "data"))
-
-
-@dataclass
-class Dataset:
-    name: str
-    train_x: torch.Tensor          # (N, C, H, W) uint8
-    train_y: torch.Tensor          # (N,) int64
-    test_x: torch.Tensor
-    test_y: torch.Tensor
-    num_classes: int
-    mean: tuple[float, ...]        # per channel, on the [0, 1] scale
-    std: tuple[float, ...]
-    crop_pad: int = 4
-    flip: bool = True
-    info: dict = field(default_factory=dict)   # variant facts recorded with every result
-
-    @property
-    def num_train(self) -> int:
-        return len(self.train_y)
-
-    def on_device(self, device: torch.device) -> "DeviceData":
-        """The batch source the training loop uses (a streaming dataset returns its own)."""
-        return DeviceData(self, device)
-
-
-# --- variants ---------------------------------------------------------------------------------
-
-_VARIANT = re.compile(r"^(noisy|imb|sub|test)([0-9.]+)$")
-
-
-def split_name(name: str) -> tuple[str, list[str]]:
-    """'cifar10-noisy0.2-sub1000' -> ('cifar10', ['noisy0.2', 'sub1000'])."""
-    base, *variants = name.split("-")
-    return base, variants
-
-
-def symmetric_noise(y: torch.Tensor, rate: float, num_classes: int, seed: int) -> torch.Tensor:
-    """Symmetric label noise (Co-teaching's `noisify`, as NeurAI-Lab/NCT uses): each training label
-    is flipped with probability `rate` to one of the other C-1 classes, uniformly."""
-    g = torch.Generator().manual_seed(seed)
-    flip = torch.rand(len(y), generator=g) < rate
-    shift = torch.randint(1, num_classes, (len(y),), generator=g)
-    return torch.where(flip, (y + shift) % num_classes, y)
-
-
-def imbalance_counts(n_per_class: int, num_classes: int, gamma: float) -> list[int]:
-    """Class-imbalance profile (ASSUMED: the source does not define γ). Power law over the class
-    index, n_c = n_max * ((c + 1) / C) ** (1 / γ): γ = ∞ is balanced, larger γ is milder, which is
-    what the source's baseline trend requires (accuracy rises from γ = 0.2 to γ = 2). For C = 10,
-    γ = 1 keeps 10%..100% of each class; γ = 0.2 keeps 0.001%..100% (at least 1 image)."""
-    return [max(1, int(round(n_per_class * ((c + 1) / num_classes) ** (1.0 / gamma))))
-            for c in range(num_classes)]
-
-
-def apply_variant(ds: Dataset, variant: str, seed: int = 0) -> Dataset:
-    """Deterministic in `seed`; the test set is never changed."""
-    m = _VARIANT.match(variant)
-    if not m:
-        raise KDError(f"unknown dataset variant '{variant}'; valid: noisy<rate>, imb<gamma>, sub<n>, test<n>, "
-                      f"e.g. cifar10-noisy0.2")
-    kind = m.group(1)
-    try:
-        val = float(m.group(2))
-    except ValueError:
-        raise KDError(f"dataset variant '{variant}': '{m.group(2)}' is not a number") from None
-    if kind in ("sub", "test") and (val != int(val) or val < 1):
-        raise KDError(f"dataset variant '{variant}': the size must be a whole number >= 1")
-    if kind == "imb" and not val > 0:
-        raise KDError(f"dataset variant '{variant}': the imbalance gamma must be > 0")
-    g = torch.Generator().manual_seed(seed)
-    if kind == "noisy":
-        if not 0 <= val < 1:
-            raise KDError(f"noise rate must be in [0, 1), got {val}")
-        y = symmetric_noise(ds.train_y, val, ds.num_classes, seed)
-        info = {"noise": "symmetric", "noise_rate": val, "noise_seed": seed,
-                "labels_changed": int((y != ds.train_y).sum())}
-        return replace(ds, train_y=y, info={**ds.info, **info})
-    if kind == "imb":
-        n_max = int(torch.bincount(ds.train_y, minlength=ds.num_classes).min())
-        counts = imbalance_counts(n_max, ds.num_classes, val)
-        keep = []
-        for c, n in enumerate(counts):
-            idx = (ds.train_y == c).nonzero().flatten()
-            keep.append(idx[torch.randperm(len(idx), generator=g)[:n]])
-        keep = torch.cat(keep).sort().values
-        info = {"imbalance": "power", "gamma": val, "class_counts": counts, "imbalance_seed": seed}
-        return replace(ds, train_x=ds.train_x[keep], train_y=ds.train_y[keep], info={**ds.info, **info})
-    n = int(val)
-    if kind == "test":  # a seeded subset of the test set, for short CPU runs; recorded in the result
-        if n > len(ds.test_y):
-            raise KDError(f"test subset of {n} asked, but {ds.name} has {len(ds.test_y)} test images")
-        keep = torch.randperm(len(ds.test_y), generator=g)[:n].sort().values
-        return replace(ds, test_x=ds.test_x[keep], test_y=ds.test_y[keep],
-                       info={**ds.info, "test_subset": n, "test_subset_seed": seed})
-    if n > ds.num_train:
-        raise KDError(f"subset of {n} asked, but {ds.name} has {ds.num_train} training images")
-    keep = torch.randperm(ds.num_train, generator=g)[:n].sort().values
-    return replace(ds, train_x=ds.train_x[keep], train_y=ds.train_y[keep],
-                   info={**ds.info, "subset": n, "subset_seed": seed})
-
-
-KNOWN_CLASSES = {"cifar10": 10, "cifar100": 100, "svhn": 10, "svhn_extra": 10, "cifar10_jpeg": 10, "digits": 10,
-                 "imagenet": 1000}
-
-
-def num_classes(name: str, root: str | os.PathLike | None = None) -> int:
-    """Classes of a dataset, without reading it when the dataset is a standard one."""
-    base = split_name(name)[0]
-    return KNOWN_CLASSES.get(base) or load_dataset(name, root).num_classes
-
-
-def load_dataset(name: str, root: str | os.PathLike | None = None, seed: int = 0) -> Dataset:
-    """Load `name` (a registered dataset plus '-'-separated variants) from the data root."""
-    base, variants = split_name(name)
-    ds = DATASETS.get(base)(data_root(root))
-    for v in variants:
-        ds = apply_variant(ds, v, seed)
-    ds.name = name
-    return ds
-
-
-# --- readers ----------------------------------------------------------------------------------
-
-def _missing(what: Path, how: str) -> KDError:
-    return KDError(f"dataset not found: {what} is missing; {how} (data root: set --data-root or KD_DATA_ROOT)")
+from kd.data.core import Dataset, _missing
 
 
 def _to_tensors(x: np.ndarray, y) -> tuple[torch.Tensor, torch.Tensor]:
@@ -236,7 +100,7 @@ def _cifar(root: Path, folder: str, files: tuple[list[str], list[str]], label_ke
     return out
 
 
-@DATASETS.register("cifar10")
+@DATASETS.register("cifar10", classes=10)
 def cifar10(root: Path) -> Dataset:
     (trx, tr_y), (tex, te_y) = _cifar(root, "cifar-10-batches-py",
                                       ([f"data_batch_{i}" for i in range(1, 6)], ["test_batch"]), "labels",
@@ -245,7 +109,7 @@ def cifar10(root: Path) -> Dataset:
     return Dataset("cifar10", trx, tr_y, tex, te_y, 10, (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616))
 
 
-@DATASETS.register("cifar100")
+@DATASETS.register("cifar100", classes=100)
 def cifar100(root: Path) -> Dataset:
     (trx, tr_y), (tex, te_y) = _cifar(root, "cifar-100-python", (["train"], ["test"]), "fine_labels",
                                       "https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz")
@@ -268,7 +132,7 @@ def _svhn_split(root: Path, split: str):
     return _to_tensors(x, y)
 
 
-@DATASETS.register("svhn")
+@DATASETS.register("svhn", classes=10)
 def svhn(root: Path) -> Dataset:
     """SVHN cropped digits, train split only (73,257); the 'svhn_extra' dataset adds the extra split."""
     (trx, tr_y), (tex, te_y) = _svhn_split(root, "train"), _svhn_split(root, "test")
@@ -276,7 +140,7 @@ def svhn(root: Path) -> Dataset:
                    flip=False)  # flipping digits changes their meaning
 
 
-@DATASETS.register("svhn_extra")
+@DATASETS.register("svhn_extra", classes=10)
 def svhn_extra(root: Path) -> Dataset:
     ds = svhn(root)
     ex, ey = _svhn_split(root, "extra")
@@ -352,7 +216,7 @@ def image_folder(d: Path, name: str, size: int | None = 32, **kw) -> Dataset:
     return Dataset(name, trx, tr_y, tex, te_y, len(classes), info={"classes": classes}, **kw)
 
 
-@DATASETS.register("cifar10_jpeg")
+@DATASETS.register("cifar10_jpeg", classes=10)
 def cifar10_jpeg(root: Path) -> Dataset:
     """The JPEG copy of CIFAR-10 (image-folder layout) under <data root>/cifar10-jpeg, with the
     CIFAR-10 normalisation. Lossy: self-consistent, but not comparable with published CIFAR-10."""
@@ -360,7 +224,7 @@ def cifar10_jpeg(root: Path) -> Dataset:
                         mean=(0.4914, 0.4822, 0.4465), std=(0.2470, 0.2435, 0.2616))
 
 
-@DATASETS.register("digits")
+@DATASETS.register("digits", classes=10)
 def digits(root: Path) -> Dataset:
     """scikit-learn's 1,797 handwritten digits (8x8, 17 grey levels), shipped with scikit-learn.
     Fixed stratified split 1,437 train / 360 test (random_state 0); grey replicated to 3 channels;
@@ -373,72 +237,3 @@ def digits(root: Path) -> Dataset:
     (trx, tr_y), (tex, te_y) = _to_tensors(trx, tr_y), _to_tensors(tex, te_y)
     m, s = trx.float().div(255).mean().item(), trx.float().div(255).std().item()
     return Dataset("digits", trx, tr_y, tex, te_y, 10, (m,) * 3, (s,) * 3, crop_pad=1, flip=False)
-
-
-# --- batches on the device ----------------------------------------------------------------------
-
-class DeviceData:
-    """The dataset moved once to the device, with batch iterators that augment on the device."""
-
-    def __init__(self, ds: Dataset, device: torch.device):
-        self.ds = ds
-        self.device = device
-        self.train_x = ds.train_x.to(device)
-        self.train_y = ds.train_y.to(device)
-        self.test_x = ds.test_x.to(device)
-        self.test_y = ds.test_y.to(device)
-        self.mean = torch.tensor(ds.mean, device=device).view(1, -1, 1, 1)
-        self.std = torch.tensor(ds.std, device=device).view(1, -1, 1, 1)
-
-    @property
-    def num_train(self) -> int:
-        return len(self.train_y)
-
-    @property
-    def num_test(self) -> int:
-        return len(self.test_y)
-
-    def probe(self, n: int) -> torch.Tensor:
-        """A few normalised training images, to learn feature shapes."""
-        return self.normalise(self.train_x[:n])
-
-    def normalise(self, x_uint8: torch.Tensor) -> torch.Tensor:
-        return (x_uint8.float().div_(255) - self.mean) / self.std
-
-    def augment(self, x_uint8: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-        """Zero-padded random crop + random horizontal flip on a (B, C, H, W) batch."""
-        x = x_uint8.float().div_(255)
-        B, C, H, W = x.shape
-        p = self.ds.crop_pad
-        if p:
-            x = torch.nn.functional.pad(x, (p, p, p, p))                  # black border, as PIL's pad
-            oy = torch.randint(0, 2 * p + 1, (B, 1), device=x.device, generator=gen)
-            ox = torch.randint(0, 2 * p + 1, (B, 1), device=x.device, generator=gen)
-            rows = (oy + torch.arange(H, device=x.device)).view(B, 1, H, 1)
-            cols = (ox + torch.arange(W, device=x.device)).view(B, 1, 1, W)
-            x = x.gather(2, rows.expand(B, C, H, W + 2 * p)).gather(3, cols.expand(B, C, H, W))
-        if self.ds.flip:
-            flip = torch.rand(B, device=x.device, generator=gen) < 0.5
-            x = torch.where(flip.view(B, 1, 1, 1), x.flip(3), x)
-        return (x - self.mean) / self.std
-
-    def train_batches(self, batch_size: int, gen: torch.Generator):
-        """Shuffled batches of (index, images, labels); the last, smaller batch is kept
-        (drop_last=False, as RepDistiller). In a multi-process run (kd.dist) `batch_size` is the
-        global batch: every rank draws the same permutation and augments the whole global batch
-        (the generator advances as in one process), then keeps its slice."""
-        from kd.dist import shard, world
-        n, size = len(self.train_y), world().size
-        order = torch.randperm(n, device=self.device, generator=gen)
-        for i in range(0, n, batch_size):
-            idx = order[i:i + batch_size]
-            x = self.augment(self.train_x[idx], gen)
-            if size > 1:
-                s = shard(len(idx))
-                idx, x = idx[s], x[s]
-            yield idx, x, self.train_y[idx]
-
-    def test_batches(self, batch_size: int = 1000):
-        for i in range(0, len(self.test_y), batch_size):
-            yield self.normalise(self.test_x[i:i + batch_size]), self.test_y[i:i + batch_size]
-import kd.imagenet  # noqa: E402,F401  (registers the streaming ImageNet dataset)

@@ -2,7 +2,7 @@
 
 A *recipe* (benchmarks/recipes/<name>.yaml) is a training protocol: epochs, batch, optimizer, LR
 schedule. A *cell* is dataset (+variant) x teacher/student x method(s) x recipe; its id comes from
-kd.ids.cell_id. Cell files (benchmarks/**/*.yaml, except recipes/) list a grid:
+kd.catalog.ids.cell_id. Cell files (benchmarks/**/*.yaml, except recipes/) list a grid:
 
     dataset: cifar100
     recipe: crd
@@ -15,7 +15,7 @@ kd.ids.cell_id. Cell files (benchmarks/**/*.yaml, except recipes/) list a grid:
     source: "..."
 
 The teacher of every cell is itself a cell (label 'baseline', the teacher recipe); it is added
-automatically when no file defines it. YAML is read with yaml.safe_load (kd.yamlsafe: duplicate
+automatically when no file defines it. YAML is read with yaml.safe_load (kd.catalog.yamlsafe: duplicate
 keys and aliases refused); unknown keys, unknown names, duplicate ids, a field of the wrong type or
 out of range (checked for every recipe field, override and method hyperparameter) are errors, all
 raised before anything is trained or written.
@@ -23,24 +23,21 @@ raised before anything is trained or written.
 from __future__ import annotations
 
 import functools
-import inspect
 import math
 import re
-import types
-import typing
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 
 from kd.errors import KDError
-from kd.ids import cell_id
-from kd.paths import BENCHMARKS
-from kd.yamlsafe import load_file
+from kd.catalog.ids import cell_id
+from kd.catalog.paths import BENCHMARKS
+from kd.catalog.yamlsafe import load_file
 
 
 
 
 def read_yaml(path: Path) -> dict:
-    """A cell or recipe file (kd.yamlsafe: duplicate keys and aliases refused), a mapping at the top;
+    """A cell or recipe file (kd.catalog.yamlsafe: duplicate keys and aliases refused), a mapping at the top;
     memoised per (file, modification time, size)."""
     try:
         st = Path(path).stat()
@@ -125,7 +122,7 @@ class Recipe:
     teacher_seed: int = 0                # which seed's teacher checkpoint the students use
     data_seed: int = 0                   # seed of dataset variants (noise, imbalance, subset)
     amp: bool = False                    # bf16 autocast (any device); the override precision=bf16 sets it
-    sync_bn: bool = False                # multi-GPU (kd.dist): SyncBatchNorm instead of per-rank BatchNorm
+    sync_bn: bool = False                # multi-GPU (kd.engine.dist): SyncBatchNorm instead of per-rank BatchNorm
     lr_scaling: str = "none"             # LR rule for the global batch: none | linear (see lr_factor)
     lr_reference_batch: int | None = None   # the batch the recipe's lr is for (needed by linear)
     description: str = ""
@@ -346,63 +343,18 @@ def _cells_from_file(path: Path, root: Path) -> list[Cell]:
     return out
 
 
-def _fits(v, hint) -> bool:
-    """Does a YAML value fit a constructor annotation (float, int, bool, str, X | None, list[X])?"""
-    if hint is typing.Any:
-        return True
-    if hint is type(None):
-        return v is None
-    if hint is float:
-        return is_number(v)
-    if hint is int:
-        return is_int(v)
-    if hint in (bool, str):
-        return isinstance(v, hint)
-    origin = typing.get_origin(hint)
-    if origin in (typing.Union, types.UnionType):
-        return any(_fits(v, h) for h in typing.get_args(hint))
-    if origin in (list, tuple):
-        args = typing.get_args(hint)
-        return isinstance(v, (list, tuple)) and (not args or all(_fits(x, args[0]) for x in v))
-    return True                                   # an annotation this check does not know: the method checks
-
-
-def check_hyperparameters(cls, term: dict, where: str) -> None:
-    """Every hyperparameter of a term names a constructor argument of its method and fits its type."""
-    params = dict(inspect.signature(cls.__init__).parameters)
-    params.pop("self", None), params.pop("ctx", None)
-    try:
-        hints = typing.get_type_hints(cls.__init__)
-    except Exception:  # noqa: BLE001 - unresolvable annotations: names are still checked
-        hints = {}
-    open_kw = any(p.kind is p.VAR_KEYWORD for p in params.values())
-    for k, v in term.items():
-        if k in ("name", "weight"):
-            continue
-        if k not in params and not open_kw:
-            raise KDError(f"{where}: unknown hyperparameter '{k}' of method '{term['name']}'; valid: "
-                          f"{', '.join(sorted(n for n, p in params.items() if p.kind is p.POSITIONAL_OR_KEYWORD or p.kind is p.KEYWORD_ONLY)) or 'none'}")
-        if k in hints and not _fits(v, hints[k]):
-            want = str(hints[k]).replace("typing.", "").replace("<class '", "").replace("'>", "")
-            raise KDError(f"{where}: method '{term['name']}': {k} = {v!r}: must be {want}")
-
-
-def validate(cell: Cell, root: Path | None = None, deep: bool = False) -> None:
+def validate(cell: Cell, root: Path | None = None) -> None:
     """Every name of the cell resolves (dataset, models, methods, recipes), checked against the name
-    sets of kd.names (equal to the registries, see its docstring: no torch import, so `kd list` stays
-    fast). deep=True, for a cell about to run, also checks every method hyperparameter's name and type
-    against the method's constructor (this imports the methods)."""
-    from kd import names
+    sets of kd.catalog.names (equal to the registries, read without importing torch, so `kd list` stays
+    fast). A method's hyperparameters are checked against its constructor when the cell is about
+    to run (kd.methods.check_terms)."""
+    from kd.catalog import names
     names.check("dataset", cell.dataset.split("-")[0])
     names.check("model", cell.student)
     if cell.teacher:
         names.check("model", cell.teacher)
     for t in cell.terms:
         names.check("method", t["name"])
-        if deep:
-            import kd.methods  # noqa: F401  (fills the registry)
-            from kd.registry import METHODS
-            check_hyperparameters(METHODS.get(t["name"]), t, f"cell {cell.id}" + (f" ({cell.file})" if cell.file else ""))
     recipe = load_recipe(cell.recipe, root)
     if cell.teacher and recipe.teacher_recipe:
         load_recipe(recipe.teacher_recipe, root)
@@ -434,7 +386,7 @@ def find_cell(cid: str, root: Path | None = None) -> Cell:
     root = root or BENCHMARKS
     cells = load_cells(root, check=False)
     if cid in cells:
-        validate(cells[cid], root, deep=True)
+        validate(cells[cid], root)
         return cells[cid]
     import difflib
     close = difflib.get_close_matches(cid, list(cells), n=3, cutoff=0.5)

@@ -17,9 +17,9 @@ Record fields (schema 1):
     git             {"commit", "dirty"}
     versions        {"python", "torch", "torchvision", "kd", ...}
     device, wall_s, images_per_s, started, finished (ISO 8601 UTC), host
-    world_size, global_batch, per_rank_batch, sync_bn, dist_backend   the data-parallel layout (kd.dist);
+    world_size, global_batch, per_rank_batch, sync_bn, dist_backend   the data-parallel layout (kd.engine.dist);
                                     1 process: world_size 1, per_rank_batch = global_batch, backend null
-    lr_scaling, lr_factor           the recipe's LR rule for the global batch (kd.cells.Recipe.lr_factor)
+    lr_scaling, lr_factor           the recipe's LR rule for the global batch (kd.catalog.cells.Recipe.lr_factor)
 Lines are never edited; a rerun is a new line. Readers skip (and report) lines that are not
 schema-1 records, so one torn or foreign line never hides the others. Tables, diffs and reports are derived from them.
 """

@@ -13,7 +13,7 @@ student. The student and teacher are passed in, never stored as submodules (use 
 
 A method's forward must not synchronise with the host (no .item(), no Python branch on a tensor's
 value, no data-dependent shapes), so that the whole step can be compiled and captured as a CUDA
-graph (kd/execution.py); tests/test_execution.py traces every method with fullgraph=True.
+graph (kd/engine/execution.py); tests/test_execution.py traces every method with fullgraph=True.
 
 Stages (FitNet's hint stage, FSP/AB/FT initialisation) are declared by `stages()`: the loop runs
 each `Stage` for its epochs before the main training, optimising only `stage.params` on
@@ -29,15 +29,21 @@ a cell whose methods all ask for one kind extracts only that kind.
 
 `teacher_mode` says how the teacher's normalisation layers run while this method distils: "eval"
 (running statistics, the default) or "train" (batch statistics, OFD as mdistiller/clovaai). The
-teacher stays frozen either way (kd.train.freeze).
+teacher stays frozen either way (kd.engine.loop.freeze).
 """
 from __future__ import annotations
 
+import inspect
+import types
+import typing
 from dataclasses import dataclass, field, replace
 from typing import Callable, Literal
 
 import torch
 from torch import nn
+
+from kd.catalog.cells import is_int, is_number
+from kd.errors import KDError
 
 
 @dataclass
@@ -101,6 +107,7 @@ class Method(nn.Module):
     needs_teacher: bool = True        # False for online methods (DML, ONE)
     capturable: bool = True           # False: forward needs a host decision per step; cells run eagerly
     teacher_mode: Literal["eval", "train"] = "eval"  # how the teacher's BatchNorm runs (OFD: "train")
+    test_teacher: str = "tiny_t"      # the tiny teacher its tests and golden value use (tiny_s: same channels)
 
     @classmethod
     def kinds(cls) -> tuple[bool, bool]:
@@ -119,3 +126,46 @@ class Method(nn.Module):
     def eval_logits(self, images: torch.Tensor, student: nn.Module) -> torch.Tensor | None:
         """Logits to evaluate instead of the student's own (ONE's gated ensemble); None = student."""
         return None
+
+
+# --- a cell's terms against the methods' constructors -------------------------------------------------
+
+def _fits(v, hint) -> bool:
+    """Does a YAML value fit a constructor annotation (float, int, bool, str, X | None, list[X])?"""
+    if hint is typing.Any:
+        return True
+    if hint is type(None):
+        return v is None
+    if hint is float:
+        return is_number(v)
+    if hint is int:
+        return is_int(v)
+    if hint in (bool, str):
+        return isinstance(v, hint)
+    origin = typing.get_origin(hint)
+    if origin in (typing.Union, types.UnionType):
+        return any(_fits(v, h) for h in typing.get_args(hint))
+    if origin in (list, tuple):
+        args = typing.get_args(hint)
+        return isinstance(v, (list, tuple)) and (not args or all(_fits(x, args[0]) for x in v))
+    return True                                   # an annotation this check does not know: the method checks
+
+
+def check_hyperparameters(cls, term: dict, where: str) -> None:
+    """Every hyperparameter of a term names a constructor argument of its method and fits its type."""
+    params = dict(inspect.signature(cls.__init__).parameters)
+    params.pop("self", None), params.pop("ctx", None)
+    try:
+        hints = typing.get_type_hints(cls.__init__)
+    except Exception:  # noqa: BLE001 - unresolvable annotations: names are still checked
+        hints = {}
+    open_kw = any(p.kind is p.VAR_KEYWORD for p in params.values())
+    for k, v in term.items():
+        if k in ("name", "weight"):
+            continue
+        if k not in params and not open_kw:
+            raise KDError(f"{where}: unknown hyperparameter '{k}' of method '{term['name']}'; valid: "
+                          f"{', '.join(sorted(n for n, p in params.items() if p.kind is p.POSITIONAL_OR_KEYWORD or p.kind is p.KEYWORD_ONLY)) or 'none'}")
+        if k in hints and not _fits(v, hints[k]):
+            want = str(hints[k]).replace("typing.", "").replace("<class '", "").replace("'>", "")
+            raise KDError(f"{where}: method '{term['name']}': {k} = {v!r}: must be {want}")

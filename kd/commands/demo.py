@@ -19,9 +19,9 @@ import time
 
 import torch
 
-from kd.cells import find_cell
-from kd.results import results_root
-from kd.train import run_cell
+from kd.catalog.cells import find_cell
+from kd.records.results import results_root
+from kd.engine import run_cell
 
 TEACHER = "digits-sub400/baseline/tiny_t/digits"
 STUDENTS = ["digits-sub400/baseline/tiny_s/digits", "digits-sub400/kd/tiny_s_from_tiny_t/digits"]
@@ -64,11 +64,11 @@ def _compare_and_report(results) -> None:
     """Judge the digits results against the recorded reference and write its reports."""
     from pathlib import Path
 
-    from kd.compare import compare
-    from kd.reftables import load_all
-    from kd.report import write_reports
-    from kd.results import read_records
-    from kd.paths import REFERENCE_TABLES
+    from kd.analysis.compare import compare
+    from kd.catalog.reftables import load_all
+    from kd.analysis.report import write_reports
+    from kd.records.results import read_records
+    from kd.catalog.paths import REFERENCE_TABLES
     tables = [t for t in load_all(REFERENCE_TABLES) if t.id == "recorded_digits"]
     if not tables:
         print("no recorded reference for digits yet (tools/record_reference.py writes it)")

@@ -6,9 +6,9 @@ valid values, never an empty table.
 """
 from __future__ import annotations
 
-from kd import names
+from kd.catalog import names
 from kd.errors import KDError
-from kd.ids import cell_id, parse_cell_id
+from kd.catalog.ids import cell_id, parse_cell_id
 
 
 QUICK = "↳ "     # marks a row of runs with overrides under its cell in `kd list`

@@ -1,7 +1,7 @@
 """Per-epoch logging of a run: a progress bar on a terminal, plain lines elsewhere, a CSV per run,
 optionally TensorBoard event files.
 
-The training loop (kd.train.Run.train) calls `EpochLog.for_run(run, total, done)` once and then
+Each run in training (kd.engine.member) calls `EpochLog.for_run(...)` once and then
 `.epoch(entry, stage, images, elapsed)` after every evaluated epoch, `.close()` at the end.
 
 Output mode, decided once per run:
@@ -86,11 +86,11 @@ class EpochLog:
         self._images = self._elapsed = None
 
     @classmethod
-    def for_run(cls, run, total: int, done: int) -> "EpochLog":
-        """The logger of a kd.train.Run (its id, seed, progress flag and results folder)."""
-        from kd.results import results_root
-        csv_path = results_root(run.results_dir) / "curves" / run_file_name(run.id) / f"seed{run.seed}.csv"
-        return cls(run.id, run.seed, total, done, run.progress, csv_path, _CONFIG["tensorboard"])
+    def for_run(cls, cid: str, seed: int, results_dir, progress: bool, total: int, done: int) -> "EpochLog":
+        """The logger of run (cid, seed): its per-epoch CSV under <results>/curves/."""
+        from kd.records.results import results_root
+        csv_path = results_root(results_dir) / "curves" / run_file_name(cid) / f"seed{seed}.csv"
+        return cls(cid, seed, total, done, progress, csv_path, _CONFIG["tensorboard"])
 
     def epoch(self, entry: dict, stage, images: int, elapsed: float) -> None:
         """Log one evaluated epoch; `images`/`elapsed` are the run's running totals (training only)."""

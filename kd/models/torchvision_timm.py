@@ -47,7 +47,7 @@ subclass that only adds methods, so their parameters, buffers and keys are timm'
 
 Importing torchvision.models or timm takes seconds, so this module imports neither: the methods
 live in mixins here and each concrete class (TVResNet = _TVResNetMixin + torchvision ResNet, ...)
-is composed on first use (`_compose`; also reachable as kd.models.imagenet.TVResNet etc.).
+is composed on first use (`_compose`; also reachable as kd.models.torchvision_timm.TVResNet etc.).
 """
 from __future__ import annotations
 
@@ -81,7 +81,7 @@ def _compose(name: str) -> type:
     return cls
 
 
-def __getattr__(name: str):               # PEP 562: kd.models.imagenet.TVResNet etc. (and pickling)
+def __getattr__(name: str):               # PEP 562: kd.models.torchvision_timm.TVResNet etc. (and pickling)
     if name in _BASES:
         return _compose(name)
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

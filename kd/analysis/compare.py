@@ -1,4 +1,4 @@
-"""Compare result lines (kd/results.py) with published reference tables. Pure functions, no I/O.
+"""Compare result lines (kd/records/results.py) with published reference tables. Pure functions, no I/O.
 
 Conventions
     join        a record judges an entry only if its cell_id equals the entry's cell_id exactly and its
@@ -39,7 +39,7 @@ from dataclasses import dataclass, field
 
 import pandas as pd
 
-from kd.ids import parse_cell_id
+from kd.catalog.ids import parse_cell_id
 
 KEYS = ("top1_last", "top1_best", "top5_last", "top5_best")
 FAILING = ("below", "above")

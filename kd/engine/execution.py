@@ -1,7 +1,7 @@
 """How a training step executes: eager, compiled, or compiled into CUDA graphs. Never what it computes.
 
 The step (forward of student and teacher, the cell's loss, backward, optimizer step) is written once,
-in `kd/train.py`, without host synchronisation: metrics stay on the device, the epoch number reaches
+in `kd/engine/loop.py`, without host synchronisation: metrics stay on the device, the epoch number reaches
 the methods as a device tensor, the learning rate lives in the optimizer as a device tensor in the
 compiled modes. That makes it capturable; this module only decides how to run it:
 
@@ -116,34 +116,3 @@ def resolve(device: torch.device, mode: str | None = None, channels_last: bool |
     """The device's default, with what the user set (--mode, --no-channels-last) in its place."""
     d = default_execution(device)
     return Execution(mode or d.mode, d.channels_last if channels_last is None else channels_last).check(device)
-
-
-def lr_schedule(schedule: str, lr: float, epochs: int, milestones, gamma: float) -> list[float]:
-    """The learning rate of each epoch, exactly as PyTorch's scheduler steps it (its chained form,
-    so the floats equal an eager run that steps MultiStepLR/CosineAnnealingLR once per epoch)."""
-    p = torch.zeros(1, requires_grad=True)
-    opt = torch.optim.SGD([p], lr=lr)
-    if schedule == "multistep":
-        sched = torch.optim.lr_scheduler.MultiStepLR(opt, list(milestones), gamma=gamma)
-    elif schedule == "cosine":
-        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
-    else:
-        raise KDError(f"unknown schedule '{schedule}'; valid: multistep, cosine")
-    out = []
-    for _ in range(epochs):
-        out.append(opt.param_groups[0]["lr"])
-        opt.step()                                     # no gradient: a no-op that keeps the scheduler quiet
-        sched.step()
-    return out
-
-
-def set_lr(opt: torch.optim.Optimizer, lr: float, as_tensor: bool, device: torch.device):
-    """Write this epoch's rate: a float for eager, a device tensor (updated in place, so a compiled
-    step never recompiles and a CUDA graph reads it) for the compiled modes."""
-    for g in opt.param_groups:
-        if not as_tensor:
-            g["lr"] = float(lr)
-        elif isinstance(g["lr"], torch.Tensor) and g["lr"].device == device:
-            g["lr"].fill_(lr)
-        else:
-            g["lr"] = torch.tensor(float(lr), device=device)

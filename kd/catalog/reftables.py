@@ -3,11 +3,11 @@
 One YAML file per published table lives in ``reference_tables/<id>.yaml`` (format: reference_tables/README.md).
 The grid under ``values:`` is the table exactly as printed (one printed row per line, cells separated by
 '|'); row and column mappings say what each printed row/column *is* (method, models, dataset, recipe,
-metric), and ``kd.ids.cell_id`` turns that into the id shared with cells, result records and reports.
+metric), and ``kd.catalog.ids.cell_id`` turns that into the id shared with cells, result records and reports.
 
 Merge order for an entry's fields: table ``defaults`` < column < row (a row's ``note`` is appended to the
 column's instead of replacing it). Every problem (bad YAML, unknown key or name, wrong grid shape,
-unparsable cell) raises ``KDError("<file>:<line>: ...")``. Only ``yaml.safe_load`` (kd.yamlsafe.StrictLoader) is used.
+unparsable cell) raises ``KDError("<file>:<line>: ...")``. Only ``yaml.safe_load`` (kd.catalog.yamlsafe.StrictLoader) is used.
 """
 from __future__ import annotations
 
@@ -18,23 +18,20 @@ from pathlib import Path
 import yaml
 
 from kd.errors import KDError
-from kd.yamlsafe import StrictLoader
-from kd.ids import cell_id
+from kd.catalog.yamlsafe import StrictLoader
+from kd.catalog import names
+from kd.catalog.ids import cell_id
+from kd.catalog.paths import BENCHMARKS
 
-# Names the other parts of the suite register; a reference entry may use nothing else.
-KNOWN_MODELS = frozenset(
-    "resnet8 resnet14 resnet20 resnet26 resnet32 resnet44 resnet56 resnet110 resnet8x4 resnet32x4 "
-    "wrn_10_2 wrn_16_1 wrn_16_2 wrn_28_2 wrn_40_1 wrn_40_2 vgg8 vgg13 MobileNetV2 ShuffleV1 ShuffleV2 "
-    "ResNet50 tv_resnet18 tv_resnet34 tv_resnet50 mobilenet_v1 deit_tiny deit_small regnety_160 "
-    "resnet50_in bit_m_r152x2 tiny_t tiny_s deit_tiny_nodist deit_small_nodist".split())
-KNOWN_METHODS = frozenset(
-    "baseline kd dkd bss fitnet at fsp nst ft ab vid ofd reviewkd srrl srd remd ipot sp cc rkd rkd_d "
-    "rkd_a rkd_da pkt crd dml one kdsvd deit_hard deit_soft civt dearkd uskd funmatch".split())
-KNOWN_RECIPES = frozenset("crd sarfraz svhn_ot imagenet deit fsp_full fsp_third digits c10jpeg_teacher c10jpeg_student "
-                           "c10jpeg_short c10jpeg_column c10jpeg_column_teacher".split())
+# A reference entry may name only what is registered (kd.catalog.names), the recipes of
+# benchmarks/recipes, and the methods below, which tables quote without an implementation here.
+QUOTED_METHODS = frozenset("civt dearkd uskd funmatch".split())
+KNOWN_MODELS = names.MODELS
+KNOWN_METHODS = names.METHODS | QUOTED_METHODS | {"baseline"}
+KNOWN_RECIPES = frozenset(p.stem for p in (BENCHMARKS / "recipes").glob("*.yaml"))
 # Methods whose published number has no single teacher network (online KD, ensemble teachers).
 TEACHERLESS = frozenset({"dml", "one", "civt"})
-_DATASET_RE = re.compile(r"^(cifar10|cifar100|cifar10_jpeg|svhn|imagenet|digits)(-(noisy|imb|sub|test)\d+(\.\d+)?)*$")
+_DATASET_RE = re.compile(rf"^({'|'.join(sorted(names.DATASETS))})(-(noisy|imb|sub|test)\d+(\.\d+)?)*$")
 
 METRICS = ("top1", "top5")
 VALUE_KINDS = ("accuracy", "error")
@@ -388,10 +385,10 @@ def load_all(root="reference_tables") -> list[RefTable]:
     """Every ``<root>/*.yaml`` table, sorted by file name; table ids must be unique.
 
     A relative ``root`` that does not exist from the working directory is the suite's own folder
-    (kd.paths.REFERENCE_TABLES: the source checkout's, or the copy installed with the package)."""
+    (kd.catalog.paths.REFERENCE_TABLES: the source checkout's, or the copy installed with the package)."""
     root = Path(root)
     if not root.is_absolute() and not root.is_dir():
-        from kd.paths import REFERENCE_TABLES
+        from kd.catalog.paths import REFERENCE_TABLES
         root = REFERENCE_TABLES if root.name == "reference_tables" else REFERENCE_TABLES.parent / root
     if not root.is_dir():
         raise KDError(f"reference table folder '{root}' does not exist")

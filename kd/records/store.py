@@ -9,26 +9,21 @@ sidecars, resumable run states, and the locks that keep two processes from train
 Every file is written to a temporary file unique to the writing process, in the same folder, and
 moved into place with os.replace, so a reader never sees half a file and two writers never share
 a temporary file. A resume state carries a digest of the resolved configuration (config_digest);
-a state whose digest differs from the run's is refused, never resumed with other settings.
+(kd.catalog.spec.RunSpec.digest); a state whose digest differs from the run's is refused, never resumed with other settings.
 """
 from __future__ import annotations
 
 import contextlib
 import fcntl
 import hashlib
-import json
 import os
 import tempfile
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from kd.errors import KDError
-
-STATE_FORMAT = 1
-
 
 def store_root(override: str | os.PathLike | None = None) -> Path:
     """Where checkpoints and resumable run states live (--store, KD_STORE, default ./checkpoints)."""
@@ -100,10 +95,9 @@ def install_checkpoint(src: Path, dst: Path, digest: str, source: str) -> None:
     _write_sidecar(dst, digest, source)
 
 
-def load_checkpoint(model: nn.Module, path: Path, expected_sha256: str | None = None) -> str:
-    """Verify the sha256 (against `expected_sha256`, else the sidecar), then load strictly with
-    weights_only=True. Returns the digest."""
-    from kd.models import load_weights
+def verified_checkpoint(path: Path, expected_sha256: str | None = None) -> str:
+    """The checkpoint's sha256, checked against `expected_sha256`, else its sidecar; a missing file,
+    sidecar or a mismatch is one KDError line. (kd.models.load_weights then loads it strictly.)"""
     if not path.is_file():
         raise KDError(f"checkpoint not found: {path}")
     digest = sha256_file(path)
@@ -119,22 +113,10 @@ def load_checkpoint(model: nn.Module, path: Path, expected_sha256: str | None = 
         raise KDError(f"{path}: no sha256 recorded; import it with `kd import-teacher` and its checksum")
     if digest != want.lower():
         raise KDError(f"{path}: sha256 mismatch (file {digest[:12]}…, expected {want[:12]}…); refusing to use it")
-    load_weights(model, path)
     return digest
 
 
 # --- resume states ---------------------------------------------------------------------------------
-
-def config_digest(cell, recipe, seed: int) -> str:
-    """sha256 of the resolved configuration a run's numbers depend on: the cell (dataset and its
-    variant, models, loss terms and weights), the recipe after overrides (epochs, batch, optimizer,
-    schedule, data_seed, subset, amp...), the seed. Descriptive text (source, assumed, description,
-    file) is left out: editing it changes no number."""
-    cell_d = {k: v for k, v in asdict(cell).items() if k not in ("assumed", "source", "file")}
-    recipe_d = {k: v for k, v in asdict(recipe).items() if k not in ("description", "source", "assumed")}
-    payload = {"format": STATE_FORMAT, "cell": cell_d, "recipe": recipe_d, "seed": seed}
-    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()
-
 
 def save_state(path: Path, state: dict, digest: str, teacher_sha256: str | None) -> None:
     atomic_write(path, lambda t: _torch_save({**state, "config_digest": digest, "teacher_sha256": teacher_sha256}, t))

@@ -36,7 +36,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kd.data import Dataset, _missing
+from kd.data.core import Dataset, _missing
 from kd.errors import KDError
 from kd.registry import DATASETS
 
@@ -117,7 +117,7 @@ def image_folder_stream(d: Path, name: str, size: int | None = None) -> FolderSt
                         test_files=test_files, size=size, resize=resize)
 
 
-@DATASETS.register("imagenet")
+@DATASETS.register("imagenet", classes=1000)
 def imagenet(root: Path) -> FolderStream:
     """ILSVRC-2012 under <data root>/imagenet (1000 classes, 1,281,167 train / 50,000 val images)."""
     return image_folder_stream(Path(root) / "imagenet", "imagenet")
@@ -214,22 +214,21 @@ class StreamingData:
         return self.normalise(torch.stack([self._train[(i, None)][1] for i in range(min(n, self.num_train))])
                               .to(self.device))
 
-    def train_batches(self, batch_size: int, gen: torch.Generator):
+    def train_batches(self, batch_size: int, gen: torch.Generator, shard=None):
         """Shuffled batches of (index, images, labels), augmented; the last, smaller batch is kept.
-        In a multi-process run (kd.dist) `batch_size` is the global batch and this rank decodes only
-        its slice of each global batch (augmentation is seeded per sample, so the slices are exactly
-        the single-process images)."""
-        from kd.dist import shard, world
+        Several processes (kd.engine.dist) hand in `shard` (a global batch's size -> this rank's
+        slice): `batch_size` is the global batch and this rank decodes only its slice of each (augmentation
+        is seeded per sample, so the slices are exactly the single-process images)."""
         seed = int(torch.randint(0, 2**62, (1,), generator=gen, device=gen.device))
         order = torch.randperm(self.num_train, generator=torch.Generator().manual_seed(seed)).numpy()
-        size, sizes = world().size, []
-        if size > 1:
+        sizes = []
+        if shard is not None:
             chunks = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
             sizes = [len(c) for c in chunks]
             order = np.concatenate([c[shard(len(c))] for c in chunks])
-            batch_size //= size          # full global batches split evenly; the last slice is smaller
+            batch_size = len(chunks[0][shard(len(chunks[0]))]) if chunks else batch_size
         for k, (idx, x) in enumerate(self._stream("train", batch_size, order, seed)):
-            if size > 1:
+            if shard is not None:
                 shard(sizes[k])          # this batch's gradient weight (World.share)
             yield idx, x, self.train_y[idx]
 
