@@ -7,14 +7,19 @@ import torch
 from kd.catalog.spec import RunSpec
 from kd.engine import build, loop
 from kd.engine.env import Env
+from kd.engine.teacher import freeze, teacher_mode
 
 CPU = torch.device("cpu")
 
 
 def member(cell, recipe, data_root, teacher=None, *, seed=0, device=CPU, execution=None, store=None, results=None):
-    """A built member (kd.engine.member.Member) of (cell, recipe, seed); `teacher` frozen by the caller."""
+    """A built member (kd.engine.member.Member) of (cell, recipe, seed); `teacher` frozen here in the cell's mode
+    unless the caller froze it."""
     env = Env(data_root, store, results, device, execution,
               progress=False, log=lambda *a, **k: None).resolved(device)
+    mode = teacher_mode(cell)                         # refuses methods that want different modes
+    if teacher is not None and not hasattr(teacher, "kd_teacher_mode"):
+        freeze(teacher, mode)
     if teacher is not None and env.execution.channels_last:
         teacher.to(memory_format=torch.channels_last)
     return build.member(RunSpec(cell, recipe, seed), env, teacher=teacher)
@@ -59,13 +64,11 @@ class View:
         return optimizer(self.m.spec.recipe, params, lr)
 
     def make_step(self, stage, opt):
-        return (stage, opt)
+        return self.d.make_step(stage, opt, self.m.execution)
 
-    def _epoch(self, stage, step, gen, epoch) -> float:
-        """One epoch with the (stage, optimizer) of make_step; the mean batch loss."""
-        _, opt = step
+    def _epoch(self, stage, f, gen, epoch) -> float:
+        """One epoch with the step `f` of make_step; the mean batch loss."""
         self.d.train_mode(stage)
-        f = self.d.make_step(stage, opt, self.m.execution)
         kinds, total, n = self.d.reads_teacher(stage), torch.zeros(()), 0
         epoch_t = torch.full((), float(epoch), device=self.device)
         for idx, x, y in self.data.train_batches(self.m.spec.recipe.batch_size, gen):

@@ -1,6 +1,6 @@
 """Every registered cell builds: its student and teacher models are constructed for the dataset's
 class count, a probe batch gives their features, and every method of the cell is constructed from
-that Context with the cell's hyperparameters (the same construction kd.engine.loop.Run.build performs).
+that Context with the cell's hyperparameters (the same construction kd.engine.distiller.Distiller.build performs).
 Models and probe features are built once per (model, classes, preact) and shared between cells."""
 from __future__ import annotations
 

@@ -52,7 +52,7 @@ def test_svhn_and_image_folder_readers(tmp_path):
         for c in ("cat", "dog"):
             (tmp_path / "folder" / split / c).mkdir(parents=True)
             Image.new("RGB", (40, 40), (255, 0, 0) if c == "cat" else (0, 0, 255)).save(tmp_path / "folder" / split / c / "0.jpg")
-    from kd.data import image_folder
+    from kd.data.readers import image_folder
     ds = image_folder(tmp_path / "folder", "folder", size=32)
     assert ds.info["classes"] == ["cat", "dog"] and ds.train_x.shape == (2, 3, 32, 32)
     assert ds.train_x[0, 0].float().mean() > 200 and ds.train_x[1, 2].float().mean() > 200

@@ -103,3 +103,29 @@ def test_sync_batchnorm_needs_cuda_ranks(monkeypatch):
     monkeypatch.setattr(dist, "_WORLD", dist.World(rank=0, size=2, backend="gloo"))
     with pytest.raises(KDError, match="sync_bn: true needs CUDA devices"):
         dist.prepare_student(nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)), sync_bn=True)
+
+
+def _cli_worker(rank: int, size: int, port: int, root: str):
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(size), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    cells = ["digits-sub400/kd/tiny_s_from_tiny_t/digits", CELL]
+    flags = ["--epochs", "2", "--device", "cpu", "--no-progress"]
+    codes = [main(["run", *cells, *flags, "--store", f"{root}/sg", "--results", f"{root}/grouped"]),
+             main(["run", *cells, *flags, "--no-group", "--store", f"{root}/sn", "--results", f"{root}/alone"])]
+    with open(f"{root}/codes{rank}", "w") as f:
+        json.dump(codes, f)
+    torch.distributed.destroy_process_group()
+
+
+def test_two_cells_under_two_ranks_grouped_write_the_lines_of_no_group(tmp_path):
+    """`torchrun --nproc_per_node 2 -m kd run A B`: every rank joins the process group before the group
+    trains, rank 0 alone holds the locks, and the lines equal `--no-group` (teacher, baseline and KD)."""
+    torch.multiprocessing.spawn(_cli_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    assert [json.loads((tmp_path / f"codes{r}").read_text()) for r in (0, 1)] == [[0, 0], [0, 0]]
+    key = lambda rs: {(r["cell_id"], r["seed"]): (r["curve"], r["checkpoint_sha256"], r["world_size"])  # noqa: E731
+                      for r in rs}
+    grouped, alone = _lines(tmp_path / "grouped"), _lines(tmp_path / "alone")
+    assert len(grouped) == 3 and key(grouped) == key(alone)
+    assert {r["world_size"] for r in grouped} == {2}
+    assert [r["group"]["size"] for r in grouped if r["label"] != "baseline" or r["student"] == "tiny_s"] == [2, 2]

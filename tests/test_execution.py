@@ -9,7 +9,6 @@ import torch
 
 import kd.methods  # noqa: F401
 from kd.catalog.cells import Cell, load_recipe
-from kd.data import load_dataset
 from kd.errors import KDError
 from kd.engine.execution import Execution, default_execution
 from kd.engine.optim import lr_schedule
@@ -21,9 +20,10 @@ from test_methods_common import context, make_pair, step, tiny_teacher
 # Inductor fuses and reorders float32 reductions. BatchNorm's weight/bias gradients are sums that
 # cancel heavily, so they differ by 1e-5 to 3e-5 relative between Inductor and eager (measured on
 # tiny_s, batches of 40/16/8); six SGD steps at lr 0.05 then leave parameters up to 1.2e-5 apart
-# (absolute, weights of 0.1-1). One real protocol change (a dropped batch, another LR) moves them
-# by 1e-3 or more.
-RTOL, ATOL = 1e-3, 5e-5
+# (absolute, weights of 0.1-1). On another CPU at one thread, CRD+KD under aot_eager (its decomposed
+# BatchNorm) left them 1.1e-4 apart. One real protocol change (a dropped batch, another LR) moves
+# them by 1e-3 or more.
+RTOL, ATOL = 1e-3, 3e-4
 
 
 @pytest.mark.parametrize("name", sorted(n for n in METHODS if METHODS[n].capturable))

@@ -17,6 +17,7 @@ from kd.errors import KDError
 from kd.commands.slurm import CellRun, SlurmOptions, run_states, slurm_options, submit_cells
 from kd.records.results import read_records
 from kd.commands.table import plan, run_table, table_by_name
+from kd.engine import Env
 from kd.engine import run_cell
 
 TABLE, OV = "recorded_digits", {"epochs": 6}
@@ -71,7 +72,7 @@ def test_slurm_arrays_dependencies_and_tracking(tmp_path, monkeypatch, capsys):
 
     assert main(["list", "--table", TABLE, "--status", "--store", str(store), "--results", str(results)]) == 0
     assert capsys.readouterr().out.count("0:queued") == 3
-    run_table(TABLE, [0], OV, progress=False, store=store, results_dir=results)   # `kd table` here: trains none of them
+    run_table(TABLE, [0], OV, Env(store=store, results=results, progress=False))   # `kd table` here: trains none of them
     assert capsys.readouterr().out.count("already queued on the cluster") == 3 and not results.exists()
     cells, again = plan(table_by_name(TABLE), OV, [0])[0], dict(store=store, results_dir=results, log=print)
     assert submit_cells(cells, [0], OV, SlurmOptions(), **again) == []          # queued: nothing submitted twice

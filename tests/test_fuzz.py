@@ -148,9 +148,9 @@ def test_bad_output_and_results_paths(env, capsys):
     ("evil", "refused global"), ("wrong shape", "not a CIFAR python batch"), ("folder", "is missing"),
     ("no folder", "is missing")])
 def test_unreadable_or_corrupted_dataset_files(env, capsys, monkeypatch, damage, match):
-    import kd.data
+    import kd.data.readers
     from tests.conftest import write_cifar
-    monkeypatch.setattr(kd.data, "_download", lambda *a: None)             # offline
+    monkeypatch.setattr(kd.data.readers, "_download", lambda *a: None)             # offline
     root = write_cifar(env / "data", "cifar10", n_train=20, n_test=10)
     f = root / "cifar-10-batches-py" / "data_batch_1"
     if damage == "garbage":

@@ -14,9 +14,11 @@ from kd.records.results import read_records
 
 
 def run_grouped(cells_seeds, overrides, *, data_root, store, results_dir, device, progress, log):
-    """Several (cell, seed) runs through the one entry, grouped."""
-    return run([RunSpec.of(c, s, overrides) for c, s in cells_seeds], Env(data_root, store, results_dir, device,
-                                                                          progress=progress, log=log))
+    """Several (cell, seed) runs through the one entry, grouped; the records of those runs (not of the
+    teacher trained first) and the errors."""
+    specs = [RunSpec.of(c, s, overrides) for c, s in cells_seeds]
+    recs, errors = run(specs, Env(data_root, store, results_dir, device, progress=progress, log=log))
+    return [r for r in recs if (r["cell_id"], r["seed"]) in {s.key for s in specs}], errors
 
 OV = {"epochs": 2, "batch_size": 32}
 SAME = ("curve", "top1_last", "top1_best", "top5_last", "best_epoch", "checkpoint_sha256", "status")

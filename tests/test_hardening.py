@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+import kd.methods
 import torch
 
 import kd.catalog.cells
@@ -101,7 +103,7 @@ def test_crafted_cifar_batch_cannot_run_code(tmp_path):
 
 def test_cifar_batches_in_the_published_python2_layout_load(tmp_path):
     """The real files are protocol-2 pickles naming numpy.core.multiarray._reconstruct."""
-    from kd.data import read_cifar_batch
+    from kd.data.readers import read_cifar_batch
     x = np.arange(2 * 3072, dtype=np.uint8).reshape(2, 3072)
     raw = pickle.dumps({"data": x, "labels": [3, 7], "batch_label": "training batch 1 of 5"}, protocol=2)
     raw = raw.replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
@@ -112,7 +114,7 @@ def test_cifar_batches_in_the_published_python2_layout_load(tmp_path):
 
 def test_a_download_failing_its_md5_is_refused_and_not_extracted(tmp_path, monkeypatch):
     import torchvision.datasets.utils as tvu
-    from kd.data import cifar100
+    from kd.data.readers import cifar100
 
     def fake_download(url, root, *a, **kw):              # a tampered or truncated archive arrives
         (Path(root) / url.rsplit("/", 1)[-1]).write_bytes(b"not the archive")
@@ -216,7 +218,7 @@ def test_bad_cell_fields_are_refused(tmp_path, edit, match):
     (tmp_path / "c.yaml").write_text(json.dumps({**d, **edit}))     # JSON is YAML
     with pytest.raises(KDError, match=match):      # names at load (kd list); hyperparameter types
         load_cells(tmp_path)                         # when the cell is about to run (find_cell)
-        find_cell("digits/kd/tiny_s_from_tiny_t/r", tmp_path)
+        kd.methods.check_terms(find_cell("digits/kd/tiny_s_from_tiny_t/r", tmp_path))
 
 
 # --- 6. a check passes only on evidence ----------------------------------------------------------

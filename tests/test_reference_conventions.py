@@ -103,7 +103,7 @@ def test_ofd_teacher_runs_batchnorm_on_batch_statistics_and_stays_frozen(data_ro
     reference = copy.deepcopy(teacher)
     before = copy.deepcopy(teacher.state_dict())
     run = make_run(data_root, "tiny_s", "tiny_t", [{"name": "ofd", "weight": 1e-3}],
-                   teacher_model=freeze(teacher))
+                   teacher_model=teacher)                     # frozen once, in the cell's mode
     assert run.teacher_mode == "train" == teacher.kd_teacher_mode
     _, x, y = batch(run)
     step = run._forward(x, y, None, 0)

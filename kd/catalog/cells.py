@@ -275,8 +275,8 @@ def _is_names(v, n: int | None = None) -> bool:
     return isinstance(v, list) and all(isinstance(x, str) for x in v) and (n is None or len(v) == n)
 
 
-def _cells_from_file(path: Path, root: Path) -> list[Cell]:
-    d = read_yaml(path)
+def _check_grid_file(path: Path, d: dict) -> None:
+    """Checks a grid file's keys and the type of each value."""
     unknown = set(d) - _GRID_KEYS
     if unknown:
         raise KDError(f"{path}: unknown key(s) {', '.join(sorted(unknown))}; valid: {', '.join(sorted(_GRID_KEYS))}")
@@ -304,42 +304,59 @@ def _cells_from_file(path: Path, root: Path) -> list[Cell]:
         need(isinstance(d.get(k, ""), str), k, "text")
     need(d.get("table") is None or isinstance(d["table"], str) or _is_names(d["table"]), "table",
          "a table id or a list of them")
+
+
+def _check_method_spec(path: Path, label: str, spec: dict) -> None:
+    """Checks one method of a grid file: its keys, ce_weight, teacherless and terms."""
+    bad = set(spec) - {"ce_weight", "terms", "teacherless"}
+    if bad:
+        raise KDError(f"{path}: method '{label}': unknown key(s) {', '.join(sorted(bad))}; valid: ce_weight, terms, teacherless")
+    where = f"{path}: method '{label}'"
+    if not (is_number(spec.get("ce_weight", 1.0)) and spec.get("ce_weight", 1.0) >= 0):
+        raise KDError(f"{where}: ce_weight = {spec['ce_weight']!r}: must be a finite number >= 0")
+    if not isinstance(spec.get("teacherless", False), bool):
+        raise KDError(f"{where}: teacherless = {spec['teacherless']!r}: must be true or false")
+    if not (isinstance(spec.get("terms") or [], list) and all(
+            isinstance(t, dict) and isinstance(t.get("name"), str) and "weight" in t for t in spec.get("terms") or [])):
+        raise KDError(f"{where}: terms must be a list of {{name, weight, ...}} mappings")
+
+
+def _method_cells(path: Path, root: Path, d: dict, label: str, spec: dict, pairs: list) -> list[Cell]:
+    """The cells of one method of a grid file: on its pairs, or on its models if it has no teacher."""
+    _check_method_spec(path, label, spec)
+    where = f"{path}: method '{label}'"
+    teacherless = label == "baseline" or spec.get("teacherless", False)
+    mine = [(t, s) for t, s in pairs if (t is None) == teacherless]
+    if not mine:
+        raise KDError(f"{path}: method '{label}' has no cells: methods with a teacher run on 'pairs', "
+                      f"baseline and teacherless methods on 'models'")
+    out = []
+    for teacher, student in mine:
+        key = f"{student}_from_{teacher}" if teacher else student
+        per_pair = (d.get("pair_params") or {}).get(key, {})
+        terms = tuple({**t, **per_pair.get(t["name"], {})} for t in spec.get("terms") or [])
+        for t in terms:
+            if not is_number(t["weight"]):
+                raise KDError(f"{where}: term '{t['name']}': weight = {t['weight']!r}: must be a finite number")
+        for n in (label, student, teacher or "x", d["dataset"], d["recipe"]):
+            if not _NAME.match(n):
+                raise KDError(f"{path}: '{n}' is not a valid name (letters, digits, _ . + -)")
+        out.append(Cell(d["dataset"], label, student, teacher, d["recipe"],
+                        ce_weight=float(spec.get("ce_weight", 1.0)), terms=terms,
+                        assumed=tuple(d.get("assumed") or ()), source=d.get("source", ""),
+                        file=str(path.relative_to(root))))
+    return out
+
+
+def _cells_from_file(path: Path, root: Path) -> list[Cell]:
+    d = read_yaml(path)
+    _check_grid_file(path, d)
     pairs = [(t, s) for t, s in d.get("pairs") or []] + [(None, m) for m in d.get("models") or []]
     if not pairs:
         raise KDError(f"{path}: no 'pairs' or 'models' listed")
     out = []
     for label, spec in d["methods"].items():
-        spec = spec or {}
-        bad = set(spec) - {"ce_weight", "terms", "teacherless"}
-        if bad:
-            raise KDError(f"{path}: method '{label}': unknown key(s) {', '.join(sorted(bad))}; valid: ce_weight, terms, teacherless")
-        where = f"{path}: method '{label}'"
-        if not (is_number(spec.get("ce_weight", 1.0)) and spec.get("ce_weight", 1.0) >= 0):
-            raise KDError(f"{where}: ce_weight = {spec['ce_weight']!r}: must be a finite number >= 0")
-        if not isinstance(spec.get("teacherless", False), bool):
-            raise KDError(f"{where}: teacherless = {spec['teacherless']!r}: must be true or false")
-        if not (isinstance(spec.get("terms") or [], list) and all(
-                isinstance(t, dict) and isinstance(t.get("name"), str) and "weight" in t for t in spec.get("terms") or [])):
-            raise KDError(f"{where}: terms must be a list of {{name, weight, ...}} mappings")
-        teacherless = label == "baseline" or spec.get("teacherless", False)
-        mine = [(t, s) for t, s in pairs if (t is None) == teacherless]
-        if not mine:
-            raise KDError(f"{path}: method '{label}' has no cells: methods with a teacher run on 'pairs', "
-                          f"baseline and teacherless methods on 'models'")
-        for teacher, student in mine:
-            key = f"{student}_from_{teacher}" if teacher else student
-            per_pair = (d.get("pair_params") or {}).get(key, {})
-            terms = tuple({**t, **per_pair.get(t["name"], {})} for t in spec.get("terms") or [])
-            for t in terms:
-                if not is_number(t["weight"]):
-                    raise KDError(f"{where}: term '{t['name']}': weight = {t['weight']!r}: must be a finite number")
-            for n in (label, student, teacher or "x", d["dataset"], d["recipe"]):
-                if not _NAME.match(n):
-                    raise KDError(f"{path}: '{n}' is not a valid name (letters, digits, _ . + -)")
-            out.append(Cell(d["dataset"], label, student, teacher, d["recipe"],
-                            ce_weight=float(spec.get("ce_weight", 1.0)), terms=terms,
-                            assumed=tuple(d.get("assumed") or ()), source=d.get("source", ""),
-                            file=str(path.relative_to(root))))
+        out += _method_cells(path, root, d, label, spec or {}, pairs)
     return out
 
 

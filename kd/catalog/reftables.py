@@ -240,9 +240,8 @@ def _check_names(f: dict) -> None:
         raise ValueError("seed must be an integer")
 
 
-def load_table(path) -> RefTable:
-    """Load and validate one reference table; raises KDError naming the file (and line) on any problem."""
-    path = Path(path)
+def _read_table(path: Path) -> tuple[dict, list[str]]:
+    """The table file's YAML mapping and its text lines."""
     try:
         text = path.read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as e:
@@ -257,7 +256,11 @@ def load_table(path) -> RefTable:
         raise _err(path, line, f"malformed YAML: {problem}") from None
     if not isinstance(d, dict):
         raise _err(path, 1, "a reference table must be a YAML mapping")
+    return d, lines
 
+
+def _check_header(path: Path, lines: list[str], d: dict) -> dict:
+    """Checks the table's keys and scalar fields; returns its entry defaults."""
     missing = [k for k in _REQUIRED if k not in d]
     if missing:
         raise _err(path, None, f"missing key(s) {missing}")
@@ -285,7 +288,11 @@ def load_table(path) -> RefTable:
     defaults = d.get("defaults") or {}
     if not isinstance(defaults, dict) or set(defaults) - set(_ENTRY_FIELDS):
         raise _err(path, _line_of(lines, "defaults:"), f"defaults may only set {list(_ENTRY_FIELDS)}")
+    return defaults
 
+
+def _check_axes(path: Path, lines: list[str], d: dict) -> tuple[list[dict], list[dict], list[str], list[str]]:
+    """The checked columns and rows, and their labels; every baseline named must be a printed label."""
     columns = _check_axis(path, lines, "columns", d["columns"], _AXIS_KEYS[:3] + _ENTRY_FIELDS)
     rows = _check_axis(path, lines, "rows", d["rows"], ("label", "printed", "baseline_row") + _ENTRY_FIELDS)
     col_labels = [str(c["label"]) for c in columns]
@@ -296,14 +303,24 @@ def load_table(path) -> RefTable:
     for r in rows:
         if r.get("baseline_row") is not None and r["baseline_row"] not in row_labels:
             raise _err(path, _line_of(lines, str(r["label"])), f"baseline_row '{r['baseline_row']}' is not a row")
+    return columns, rows, col_labels, row_labels
 
-    # Cell notes and per-cell errata: {row, column, note} / {row, column, text}.
+
+def _cell_notes(path: Path, lines: list[str], d: dict, row_labels: list[str],
+                col_labels: list[str]) -> dict[tuple[str, str], list[str]]:
+    """The ``cell_notes`` ({row, column, note}) by (row, column)."""
     cell_notes: dict[tuple[str, str], list[str]] = {}
     for n in d.get("cell_notes") or []:
         if not isinstance(n, dict) or set(n) != {"row", "column", "note"} \
                 or n["row"] not in row_labels or n["column"] not in col_labels:
             raise _err(path, _line_of(lines, "cell_notes:"), f"bad cell note {n!r}: need row, column, note of printed labels")
         cell_notes.setdefault((n["row"], n["column"]), []).append(str(n["note"]))
+    return cell_notes
+
+
+def _errata(path: Path, lines: list[str], d: dict, row_labels: list[str],
+            col_labels: list[str]) -> tuple[list[str], dict[tuple[str, str], str]]:
+    """Every erratum as text, and the per-cell ones ({row, column, text}) by (row, column)."""
     errata, cell_errata = [], {}
     for e in d.get("errata") or []:
         if isinstance(e, str):
@@ -314,17 +331,70 @@ def load_table(path) -> RefTable:
             cell_errata[(e["row"], e["column"])] = str(e["text"])
         else:
             raise _err(path, _line_of(lines, "errata:"), f"bad erratum {e!r}: a string or {{row, column, text}}")
+    return errata, cell_errata
 
-    # The grid: one printed row per non-blank line, '|' between cells.
+
+def _grid_lines(path: Path, lines: list[str], d: dict, n_rows: int) -> tuple[list[tuple[int, str]], int | None]:
+    """The non-blank lines of the ``values`` grid with their offsets, and the file line the grid starts on."""
     grid_text = d["values"]
     if not isinstance(grid_text, str):
         raise _err(path, _line_of(lines, "values:"), "values must be a block string ('values: |')")
     vline = next((i + 1 for i, l in enumerate(lines) if re.match(r"^values\s*:", l)), None)
     first = (vline + 1) if vline else None  # block scalar content starts on the next line
     grid = [(i, l) for i, l in enumerate(grid_text.split("\n")) if l.strip()]
-    if len(grid) != len(rows):
-        raise _err(path, vline, f"grid has {len(grid)} line(s) but {len(rows)} row(s) are declared")
+    if len(grid) != n_rows:
+        raise _err(path, vline, f"grid has {len(grid)} line(s) but {n_rows} row(s) are declared")
+    return grid, first
 
+
+def _entry_fields(metric: str, layers: tuple) -> tuple[dict, list[str]]:
+    """An entry's fields, each later layer overriding, and the notes of all layers."""
+    f = {"metric": metric, "aggregate": "mean", "seed": None, "quoted_from": None, "note": None,
+         "teacher": None, "student": None}
+    notes = []
+    for layer in layers:
+        for k in _ENTRY_FIELDS:
+            if k in layer:
+                if k == "note":
+                    if layer[k]:
+                        notes.append(str(layer[k]))
+                else:
+                    f[k] = layer[k]
+    return f, notes
+
+
+def _entry(path: Path, lineno: int | None, d: dict, defaults: dict, row: dict, col: dict, raw: str,
+           cell_notes: dict, cell_errata: dict) -> RefEntry | None:
+    """The entry of one grid cell; None for a missing value."""
+    try:
+        parsed = parse_cell(raw)
+    except ValueError as e:
+        raise _err(path, lineno, f"row '{row['label']}', column '{col['label']}': {e}") from None
+    if parsed is None:
+        return None
+    f, notes = _entry_fields(d["metric"], (defaults, col, row))
+    notes += cell_notes.get((row["label"], col["label"]), [])
+    try:
+        _check_names(f)
+        cid = _resolve_cell_id(f)
+    except ValueError as e:
+        raise _err(path, lineno, f"row '{row['label']}', column '{col['label']}': {e}") from None
+    return RefEntry(
+        table_id=d["id"], row=str(row["label"]), column=str(col["label"]), metric=f["metric"],
+        value=parsed[0], std=parsed[1], higher_is_better=d["value_kind"] == "accuracy",
+        statistic=d["statistic"], tolerance=float(d["tolerance"]), cell_id=cid,
+        quoted_from=f["quoted_from"], note="; ".join(notes) or None, seed=f["seed"],
+        aggregate=f["aggregate"], dataset=f["dataset"], method=f["method"], student=f["student"],
+        teacher=f["teacher"], recipe=f["recipe"], value_kind=d["value_kind"], runs=d["runs"],
+        confidence=d["confidence"], raw=raw,
+        erratum=cell_errata.get((row["label"], col["label"])))
+
+
+def _grid_entries(path: Path, lines: list[str], d: dict, defaults: dict, columns: list[dict], rows: list[dict],
+                  cell_notes: dict, cell_errata: dict) -> tuple[list[RefEntry], list[InfoCell]]:
+    """The entries and information cells of the ``values`` grid: one printed row per non-blank line,
+    '|' between cells."""
+    grid, first = _grid_lines(path, lines, d, len(rows))
     info_cols = {c["label"] for c in columns if c.get("info")}
     if len(info_cols) == len(columns):
         raise _err(path, _line_of(lines, "columns:"), "every column is an information column")
@@ -338,39 +408,21 @@ def load_table(path) -> RefTable:
             if col["label"] in info_cols:
                 info.append(InfoCell(str(row["label"]), str(col["label"]), raw))
                 continue
-            try:
-                parsed = parse_cell(raw)
-            except ValueError as e:
-                raise _err(path, lineno, f"row '{row['label']}', column '{col['label']}': {e}") from None
-            if parsed is None:
-                continue
-            f = {"metric": d["metric"], "aggregate": "mean", "seed": None, "quoted_from": None, "note": None,
-                 "teacher": None, "student": None}
-            notes = []
-            for layer in (defaults, col, row):
-                for k in _ENTRY_FIELDS:
-                    if k in layer:
-                        if k == "note":
-                            if layer[k]:
-                                notes.append(str(layer[k]))
-                        else:
-                            f[k] = layer[k]
-            notes += cell_notes.get((row["label"], col["label"]), [])
-            try:
-                _check_names(f)
-                cid = _resolve_cell_id(f)
-            except ValueError as e:
-                raise _err(path, lineno, f"row '{row['label']}', column '{col['label']}': {e}") from None
-            entries.append(RefEntry(
-                table_id=d["id"], row=str(row["label"]), column=str(col["label"]), metric=f["metric"],
-                value=parsed[0], std=parsed[1], higher_is_better=d["value_kind"] == "accuracy",
-                statistic=d["statistic"], tolerance=float(d["tolerance"]), cell_id=cid,
-                quoted_from=f["quoted_from"], note="; ".join(notes) or None, seed=f["seed"],
-                aggregate=f["aggregate"], dataset=f["dataset"], method=f["method"], student=f["student"],
-                teacher=f["teacher"], recipe=f["recipe"], value_kind=d["value_kind"], runs=d["runs"],
-                confidence=d["confidence"], raw=raw,
-                erratum=cell_errata.get((row["label"], col["label"]))))
+            entry = _entry(path, lineno, d, defaults, row, col, raw, cell_notes, cell_errata)
+            if entry is not None:
+                entries.append(entry)
+    return entries, info
 
+
+def load_table(path) -> RefTable:
+    """Load and validate one reference table; raises KDError naming the file (and line) on any problem."""
+    path = Path(path)
+    d, lines = _read_table(path)
+    defaults = _check_header(path, lines, d)
+    columns, rows, col_labels, row_labels = _check_axes(path, lines, d)
+    cell_notes = _cell_notes(path, lines, d, row_labels, col_labels)
+    errata, cell_errata = _errata(path, lines, d, row_labels, col_labels)
+    entries, info = _grid_entries(path, lines, d, defaults, columns, rows, cell_notes, cell_errata)
     return RefTable(
         id=d["id"], title=str(d["title"]), source=d["source"], metric=d["metric"], value_kind=d["value_kind"],
         statistic=d["statistic"], runs=d["runs"], confidence=d["confidence"],

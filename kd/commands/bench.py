@@ -1,6 +1,6 @@
 """`kd bench CELL`: how fast one cell's training step runs, per execution mode, and beside RepDistiller.
 
-What is timed is the loop's own step (`Run.make_step`: the batch drawn and augmented on the device,
+What is timed is the loop's own step (`Distiller.make_step`: the batch drawn and augmented on the device,
 student and teacher forward, the cell's loss, backward, optimizer update) on synthetic data of the
 cell's dataset shape when its data is not at hand (the content does not change the time), a randomly
 initialised teacher, at the recipe's batch size (or --batch-size). Each contender warms up (`--warmup` steps: compilation, CUDA graph

@@ -251,10 +251,10 @@ def _submit_array(ex, runs: list[CellRun]) -> list:
     return jobs
 
 
-def submit(tasks: list[Task], overrides: dict, opts: SlurmOptions, *, cluster: str = "slurm", data_root=None,
-           store=None, results_dir=None, device=None, log=print) -> list[tuple[Task, "submitit.Job"]]:
-    """Submit every task not done, queued or running; returns [(task, submitit job)]. Teachers first, and
-    their students depend on them (Slurm), or wait for them here (cluster 'local', for tests)."""
+def _prepare_submission(tasks: list[Task], overrides: dict, opts: SlurmOptions, cluster: str, store,
+                        results_dir) -> tuple[Path, Path, Path]:
+    """Checks that the tasks can be submitted; returns the resolved store and results folders and the
+    (created) jobs folder."""
     from kd.engine.dist import check_batch
     from kd.records.results import results_root
     from kd.records.store import store_root
@@ -264,26 +264,47 @@ def submit(tasks: list[Task], overrides: dict, opts: SlurmOptions, *, cluster: s
     store_p, results_p = store_root(store).resolve(), results_root(results_dir).resolve()
     jdir = jobs_dir(store_p)
     jdir.mkdir(parents=True, exist_ok=True)
-    folder = jdir / "submitit" / "%j"
     if opts.gpus_per_job > 1:
         from kd.catalog.cells import load_recipe
         for t in tasks:
             check_batch(load_recipe(t.cell.recipe).with_overrides(**overrides).batch_size, opts.gpus_per_job)
+    return store_p, results_p, jdir
+
+
+def _order_tasks(tasks: list[Task], states: dict, log) -> tuple[list[Task], dict[tuple, list[Task]]]:
+    """The tasks to submit, neither done, queued nor running: the teachers others need, and the rest
+    grouped by the teachers they need."""
+    todo = [t for t in tasks if states.get((t.cid, t.seed), {}).get("state") not in ("done", "queued", "running")]
+    skipped = len(tasks) - len(todo)
+    if skipped:
+        n_done = sum(states.get((t.cid, t.seed), {}).get("state") == "done" for t in tasks)
+        log(f"skipping {skipped} runs: {n_done} done, {skipped - n_done} queued or running")
+    teacher_keys = {n for t in tasks for n in t.needs}
+    first = [t for t in todo if (t.cid, t.seed) in teacher_keys]
+    groups: dict[tuple, list[Task]] = {}
+    for t in todo:
+        if (t.cid, t.seed) not in teacher_keys:
+            groups.setdefault(t.needs, []).append(t)
+    return first, groups
+
+
+def _write_job_record(store_p: Path, t: Task, rec: dict) -> None:
+    tmp = _job_file(store_p, t.cid, t.seed).with_suffix(".tmp")
+    tmp.write_text(json.dumps(rec, indent=1, sort_keys=True) + "\n")
+    os.replace(tmp, _job_file(store_p, t.cid, t.seed))
+
+
+def submit(tasks: list[Task], overrides: dict, opts: SlurmOptions, *, cluster: str = "slurm", data_root=None,
+           store=None, results_dir=None, device=None, log=print) -> list[tuple[Task, "submitit.Job"]]:
+    """Submit every task not done, queued or running; returns [(task, submitit job)]. Teachers first, and
+    their students depend on them (Slurm), or wait for them here (cluster 'local', for tests)."""
+    store_p, results_p, jdir = _prepare_submission(tasks, overrides, opts, cluster, store, results_dir)
+    folder = jdir / "submitit" / "%j"
     with open(jdir / ".lock", "w") as lock:              # two `kd table` at once never submit a run twice
         fcntl.flock(lock, fcntl.LOCK_EX)
         states = run_states(store_p, results_p)
         job_of = {k: v["job_id"] for k, v in states.items() if v["state"] in ("queued", "running")}
-        todo = [t for t in tasks if states.get((t.cid, t.seed), {}).get("state") not in ("done", "queued", "running")]
-        skipped = len(tasks) - len(todo)
-        if skipped:
-            n_done = sum(states.get((t.cid, t.seed), {}).get("state") == "done" for t in tasks)
-            log(f"skipping {skipped} runs: {n_done} done, {skipped - n_done} queued or running")
-        teacher_keys = {n for t in tasks for n in t.needs}
-        first = [t for t in todo if (t.cid, t.seed) in teacher_keys]
-        groups: dict[tuple, list[Task]] = {}
-        for t in todo:
-            if (t.cid, t.seed) not in teacher_keys:
-                groups.setdefault(t.needs, []).append(t)
+        first, groups = _order_tasks(tasks, states, log)
         submitted: list[tuple[Task, submitit.Job]] = []
 
         def send(batch: list[Task], dependency: list[str]):
@@ -292,12 +313,10 @@ def submit(tasks: list[Task], overrides: dict, opts: SlurmOptions, *, cluster: s
                             str(store_p), str(results_p), device) for t in batch]
             jobs = _submit_array(ex, runs)
             for t, j in zip(batch, jobs):
-                rec = {"job_id": j.job_id, "cluster": cluster, "cell_id": t.cid, "cell": t.cell.id, "seed": t.seed,
-                       "overrides": overrides, "folder": str(folder), "depends_on": dependency,
-                       "gpus": opts.gpus_per_job, "submitted": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")}
-                tmp = _job_file(store_p, t.cid, t.seed).with_suffix(".tmp")
-                tmp.write_text(json.dumps(rec, indent=1, sort_keys=True) + "\n")
-                os.replace(tmp, _job_file(store_p, t.cid, t.seed))
+                _write_job_record(store_p, t, {
+                    "job_id": j.job_id, "cluster": cluster, "cell_id": t.cid, "cell": t.cell.id, "seed": t.seed,
+                    "overrides": overrides, "folder": str(folder), "depends_on": dependency,
+                    "gpus": opts.gpus_per_job, "submitted": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
                 job_of[(t.cid, t.seed)] = j.job_id
                 submitted.append((t, j))
             return jobs

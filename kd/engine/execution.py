@@ -1,7 +1,7 @@
 """How a training step executes: eager, compiled, or compiled into CUDA graphs. Never what it computes.
 
 The step (forward of student and teacher, the cell's loss, backward, optimizer step) is written once,
-in `kd/engine/loop.py`, without host synchronisation: metrics stay on the device, the epoch number reaches
+in `kd/engine/distiller.py`, without host synchronisation: metrics stay on the device, the epoch number reaches
 the methods as a device tensor, the learning rate lives in the optimizer as a device tensor in the
 compiled modes. That makes it capturable; this module only decides how to run it:
 

@@ -29,7 +29,7 @@ a cell whose methods all ask for one kind extracts only that kind.
 
 `teacher_mode` says how the teacher's normalisation layers run while this method distils: "eval"
 (running statistics, the default) or "train" (batch statistics, OFD as mdistiller/clovaai). The
-teacher stays frozen either way (kd.engine.loop.freeze).
+teacher stays frozen either way (kd.engine.teacher.freeze).
 """
 from __future__ import annotations
 

@@ -18,7 +18,7 @@ features are those of `extract(preact=True)` for both nets (mdistiller's preact_
 The teacher runs with its BatchNorm in train mode (`teacher_mode = "train"`: batch statistics) while
 distilling, as mdistiller's OFD (its train() override leaves the teacher in train mode, unlike its
 base Distiller) and the official clovaai code (`t_net.train()`); its forward is still under no_grad
-and its running statistics are not updated (kd.engine.loop.freeze). The margins come from the BN affine
+and its running statistics are not updated (kd.engine.teacher.freeze). The margins come from the BN affine
 parameters only, so the mode does not change them.
 """
 from __future__ import annotations

@@ -1,0 +1,1 @@
+"""What can be run and what was published, without torch: YAML, ids, recipes, cells, run specs, reference tables."""
