@@ -70,8 +70,8 @@ def _common(p: argparse.ArgumentParser):
     p.add_argument("--tensorboard", metavar="DIR", help="also write TensorBoard event files under DIR "
                    "(needs the tensorboard package: pip install 'kd-bench[tensorboard]')")
     p.add_argument("--mode", choices=["eager", "compile", "graph"],
-                   help="execution: eager, compile (torch.compile) or graph (CUDA graphs); default graph on CUDA, "
-                        "eager on the CPU. Changes float rounding only; recorded in every result line")
+                   help="execution: eager, compile (torch.compile) or graph (CUDA graphs); default eager (the mode "
+                        "proven on both CPU and CUDA). Changes float rounding only; recorded in every result line")
     p.add_argument("--no-channels-last", action="store_true", help="keep models and batches in NCHW (recorded)")
 
 

@@ -129,3 +129,75 @@ def test_two_cells_under_two_ranks_grouped_write_the_lines_of_no_group(tmp_path)
     assert len(grouped) == 3 and key(grouped) == key(alone)
     assert {r["world_size"] for r in grouped} == {2}
     assert [r["group"]["size"] for r in grouped if r["label"] != "baseline" or r["student"] == "tiny_s"] == [2, 2]
+
+
+def _crd_steps(slices):
+    """Three CRD steps (global batches of 8, 8 and 5 of a 24-sample set), fed the rows `slices(n)` of each
+    global batch; (memory_s, memory_t, z, labels, per-step contrast indices)."""
+    from kd.methods.contract import Context, Step
+    from kd.registry import METHODS
+    import kd.methods  # noqa: F401
+    torch.manual_seed(0)
+    shapes = [torch.Size((2, 16))]
+    crd = METHODS["crd"](Context(None, None, shapes, shapes, 4, 24, 1, 3, (3, 8, 8)), feat_dim=8, nce_k=6)
+    g = torch.Generator().manual_seed(1)
+    order = torch.randperm(24, generator=g)
+    feats_s, feats_t, labels = torch.randn(24, 16, generator=g), torch.randn(24, 16, generator=g), order % 4
+    drawn = []
+    for k, (a, b) in enumerate(((0, 8), (8, 16), (16, 21))):
+        idx = order[a:b][slices(b - a)]
+        torch.manual_seed(100 + k)                       # every rank: the same generator state
+        step = Step(None, labels[idx], idx, feats_s[idx], [feats_s[idx]], None, [feats_t[idx]], 0, None, None)
+        drawn.append(crd.sample(idx, labels[idx]))
+        torch.manual_seed(100 + k)
+        crd(step).backward()
+    return crd.memory_s, crd.memory_t, crd.z, crd.labels, drawn
+
+
+def _crd_worker(rank: int, size: int, port: int, root: str):
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(size), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.setup(torch.device("cpu"), 8)
+    out = _crd_steps(lambda n: dist.shard(n))
+    torch.save([t.detach() if isinstance(t, torch.Tensor) else t for t in out], f"{root}/crd{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+def test_crd_banks_and_z_on_two_ranks_equal_one_process(tmp_path):
+    """CRD under 2 gloo ranks: every rank ends with the one-process memory banks, labels and Z, and each
+    rank's contrast indices are its rows of the one-process draw (also on an uneven last batch of 5)."""
+    torch.multiprocessing.spawn(_crd_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    mem_s, mem_t, z, labels, drawn = _crd_steps(lambda n: slice(0, n))
+    for rank in (0, 1):
+        r_s, r_t, r_z, r_labels, r_drawn = torch.load(tmp_path / f"crd{rank}.pt", weights_only=True)
+        torch.testing.assert_close(r_s, mem_s.detach(), rtol=0, atol=1e-6)
+        torch.testing.assert_close(r_t, mem_t.detach(), rtol=0, atol=1e-6)
+        torch.testing.assert_close(r_z, z, rtol=1e-6, atol=0)
+        assert torch.equal(r_labels, labels)
+        for n, mine, full in zip((8, 8, 5), r_drawn, drawn):
+            assert torch.equal(mine, full[dist.shard(n, rank, 2)])
+
+
+def _grad_worker(rank: int, size: int, port: int, root: str):
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(size), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port))
+    dist.setup(torch.device("cpu"), 2)
+    dist.shard(2)                                          # each rank: half of a global batch of 2
+    a, b, c = (torch.nn.Parameter(torch.ones(3)) for _ in range(3))
+    opt = torch.optim.SGD([a, b, c], lr=0.1, weight_decay=0.5)
+    dist.attach(opt)
+    loss = (a * (rank + 1)).sum() + ((b * 2).sum() if rank == 0 else 0)     # b: a gradient on rank 0 only
+    loss.backward()
+    opt.step()
+    torch.save([a.detach(), b.detach(), c.detach()], f"{root}/grad{rank}.pt")
+    torch.distributed.destroy_process_group()
+
+
+def test_a_gradient_present_on_one_rank_only_is_averaged_with_zeros_elsewhere(tmp_path):
+    torch.multiprocessing.spawn(_grad_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
+    (a0, b0, c0), (a1, b1, c1) = (torch.load(tmp_path / f"grad{r}.pt", weights_only=True) for r in (0, 1))
+    assert torch.equal(a0, a1) and torch.equal(b0, b1) and torch.equal(c0, c1)
+    torch.testing.assert_close(a0, torch.full((3,), 1 - 0.1 * (1.5 + 0.5)))      # mean gradient 1.5, decay 0.5
+    torch.testing.assert_close(b0, torch.full((3,), 1 - 0.1 * (1.0 + 0.5)))      # (2 + 0) / 2
+    assert torch.equal(c0, torch.ones(3))                   # no gradient anywhere: untouched, as in one process

@@ -58,7 +58,7 @@ def test_bad_modes_are_one_line_errors():
     with pytest.raises(KDError, match="needs a CUDA device"):
         Execution("graph").check(torch.device("cpu"))
     assert default_execution(torch.device("cpu")).mode == "eager"
-    assert default_execution(torch.device("cuda")).mode == "graph"
+    assert default_execution(torch.device("cuda")).mode == "eager"     # until a GPU run proves a compiled mode
 
 
 def test_lr_schedule_is_pytorchs_scheduler():
@@ -146,3 +146,43 @@ def test_bf16_is_a_recipe_tier_with_its_own_id():
     assert r.with_overrides(precision="fp32") is r                 # the recipe's own precision: same id
     with pytest.raises(KDError, match="precision = 'fp16': must be fp32 or bf16"):
         r.with_overrides(precision="fp16")
+
+
+def test_more_compiled_runs_than_the_recompile_limit_finish_compiled_or_fail_loudly(data_root, tmp_path, monkeypatch):
+    """Each run compiles its own frames; the engine drops them after every finished group, so a process may
+    compile any number of runs and every line saying `compile` was compiled. Without the reset the limit is
+    reached, and that is one error line, never a run recorded as compiled that ran eagerly."""
+    from kd.catalog.spec import RunSpec
+    from kd.engine import Env, execution, run
+    monkeypatch.setattr(execution, "RECOMPILE_LIMIT", 2)
+    monkeypatch.setattr(execution, "FRAMES_PER_RUN", 2)
+    cell = Cell("cifar100", "kd", "tiny_s", "tiny_t", "crd", ce_weight=0.1, terms=({"name": "kd", "weight": 0.9},))
+    ov = {"epochs": 1, "batch_size": 48}                       # 96 images: one batch shape
+    env = Env(data_root, tmp_path / "s", tmp_path / "r", "cpu", Execution("compile", False, backend="aot_eager"),
+              progress=False, log=lambda *a: None)
+    recs, errors = run([RunSpec.of(cell, s, ov) for s in (0, 1, 2)], env, group=False)   # + the teacher's run
+    assert not errors and len(recs) == 4
+    assert all(r["execution"]["mode"] == "compile" and r["execution"]["fallback"] is None for r in recs)
+    monkeypatch.setattr(execution, "reset_compiler", lambda: None)      # frames kept: the limit is reached
+    with pytest.raises(KDError, match="recompile limit"):
+        run([RunSpec.of(cell, s, ov) for s in (3, 4, 5)], env, group=False)
+
+
+@pytest.mark.slow
+def test_grouped_equals_one_by_one_under_inductor(data_root, tmp_path):
+    """A lone run takes the group's path (the teacher's forward outside the compiled step, once per batch),
+    so both compile the same graphs: under Inductor too, grouped KD equals KD alone, checkpoint for checkpoint."""
+    from kd.catalog.spec import RunSpec
+    from kd.engine import Env, run
+    from kd.records.results import read_records
+    kd_cell = Cell("cifar100", "kd", "tiny_s", "tiny_t", "crd", ce_weight=0.1, terms=({"name": "kd", "weight": 0.9},))
+    base = Cell("cifar100", "baseline", "tiny_s", None, "crd")
+    specs = [RunSpec.of(c, 0, {"epochs": 1, "batch_size": 48}) for c in (kd_cell, base)]
+    out = {}
+    for group in (False, True):
+        env = Env(data_root, tmp_path / "s", tmp_path / f"r{group}", "cpu", Execution("compile", False),
+                  progress=False, log=lambda *a: None)
+        run(specs, env, group=group)
+        out[group] = {r["cell_id"]: (r["curve"], r["checkpoint_sha256"]) for r in read_records(tmp_path / f"r{group}")
+                      if r["student"] == "tiny_s"}
+    assert len(out[True]) == 2 and out[True] == out[False]

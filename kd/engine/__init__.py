@@ -24,7 +24,7 @@ def run(specs: list[RunSpec], env: Env | None = None, *, group: bool = True,
         stop_after_epochs: int | None = None) -> tuple[list[dict], list[str]]:
     """Train `specs` (their teachers first where none is stored); (records, one-line errors of the
     runs that failed and were recorded failed). Bad input raises one KDError line before anything is written."""
-    from kd.engine import build, grouping, loop
+    from kd.engine import build, grouping
     env = env or Env()
     specs = list(dict.fromkeys(specs))                       # a run asked for twice trains once
     if not specs:
@@ -46,9 +46,29 @@ def run(specs: list[RunSpec], env: Env | None = None, *, group: bool = True,
         for g in (grouping.partition(members) if group else [[m] for m in members]):
             if len(g) > 1:
                 env.log(f"training {len(g)} runs together (one teacher forward per batch): {', '.join(m.id for m in g)}")
-            recs, errs = loop.train(g, stop_after_epochs)
+            recs, errs = _train(g, stop_after_epochs)
             records, errors = records + recs, errors + errs
     return records, errors
+
+
+def _train(group: list, stop_after_epochs: int | None) -> tuple[list[dict], list[str]]:
+    """One group through the loop. A compiled group starts with an empty compiler cache and drops its frames
+    when it ends (they are never called again; kept, they would fill the recompile limit over a table)."""
+    from kd.engine import loop
+    from kd.engine.execution import reset_compiler
+    compiled = any(m.execution.compiled for m in group)
+    if compiled:
+        reset_compiler()
+    try:
+        return loop.train(group, stop_after_epochs)
+    except Exception as e:
+        if type(e).__name__ == "FailOnRecompileLimitHit":      # torch._dynamo.exc, torch >= 2.6
+            raise KDError(f"{group[0].id}: the compiler's recompile limit was reached; this run did not finish "
+                          f"compiled (rerun it; --mode eager avoids compiling): {e}".splitlines()[0]) from None
+        raise
+    finally:
+        if compiled:
+            reset_compiler()
 
 
 def run_cell(cell, seed: int = 0, *, device=None, overrides: dict | None = None, data_root=None, store=None,

@@ -146,7 +146,12 @@ def broadcast(module: nn.Module) -> None:
 
 def attach(opt: torch.optim.Optimizer) -> None:
     """Average gradients over ranks before each step of `opt` (DDP's mean), weighted by each rank's
-    share of the global batch (World.share, set per batch by the sharded data iterator)."""
+    share of the global batch (World.share, set per batch by the sharded data iterator).
+
+    A parameter whose gradient is None on one rank but not on another (a branch one rank's slice did
+    not reach) takes part with zeros there, so every rank all-reduces the same flat lengths (gloo would
+    raise, NCCL hang) and steps the same parameters; a parameter with no gradient on any rank stays
+    None everywhere (the optimizer skips it, as in one process)."""
     if _WORLD.size == 1:
         return
     import torch.distributed as td
@@ -154,12 +159,19 @@ def attach(opt: torch.optim.Optimizer) -> None:
         for p in g["params"]:
             with torch.no_grad():
                 td.broadcast(p.data, src=0)
+    params = [p for g in opt.param_groups for p in g["params"]]
 
     def average(optimizer, args, kwargs):
-        grads = [p.grad for g in optimizer.param_groups for p in g["params"] if p.grad is not None]
+        has = torch.tensor([p.grad is not None for p in params], dtype=torch.uint8,
+                           device="cuda" if _WORLD.backend == "nccl" else "cpu")
+        td.all_reduce(has, op=td.ReduceOp.MAX)
+        live = [p for p, h in zip(params, has.tolist()) if h]
+        for p in live:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
         by_kind: dict[tuple, list[torch.Tensor]] = {}
-        for gr in grads:
-            by_kind.setdefault((gr.dtype, gr.device), []).append(gr)
+        for p in live:
+            by_kind.setdefault((p.grad.dtype, p.grad.device), []).append(p.grad)
         scale = _WORLD.share / _WORLD.size
         for group in by_kind.values():
             flat = torch.cat([gr.reshape(-1) for gr in group]).mul_(scale)
@@ -170,6 +182,33 @@ def attach(opt: torch.optim.Optimizer) -> None:
                 offset += gr.numel()
 
     opt.register_step_pre_hook(average)
+
+
+def gather(t: torch.Tensor) -> tuple[torch.Tensor, slice]:
+    """The ranks' tensors concatenated in rank order along dim 0 (sizes may differ by one on an
+    epoch's last batch), and this rank's rows in it; (t, all rows) in one process."""
+    if _WORLD.size == 1:
+        return t, slice(0, t.shape[0])
+    import torch.distributed as td
+    n = torch.tensor([t.shape[0]], device=t.device)
+    sizes = [torch.zeros_like(n) for _ in range(_WORLD.size)]
+    td.all_gather(sizes, n)
+    sizes = [int(x) for x in sizes]
+    pad = t.new_zeros((max(sizes) - t.shape[0], *t.shape[1:]))
+    parts = [t.new_empty((max(sizes), *t.shape[1:])) for _ in sizes]
+    td.all_gather(parts, torch.cat([t, pad]).contiguous())
+    start = sum(sizes[:_WORLD.rank])
+    return torch.cat([p[:k] for p, k in zip(parts, sizes)]), slice(start, start + t.shape[0])
+
+
+def all_sum(t: torch.Tensor) -> torch.Tensor:
+    """The sum of `t` over ranks (t itself in one process)."""
+    if _WORLD.size == 1:
+        return t
+    import torch.distributed as td
+    t = t.clone()
+    td.all_reduce(t)
+    return t
 
 
 def shard(n_batch: int, rank: int | None = None, size: int | None = None) -> slice:

@@ -146,11 +146,17 @@ class Distiller(nn.Module):
 
     def make_step(self, stage: Stage | None, opt: torch.optim.Optimizer, execution):
         """step(x, y, idx, epoch_tensor, t_out) -> detached loss: forward, loss, backward, optimizer step,
-        run as the execution mode says (the compiled modes compile the loss and the update)."""
-        loss_fn = execution.wrap(functools.partial(self.loss, stage))
-        update = execution.wrap(opt.step)
+        run as the execution mode says (the compiled modes compile the loss and the update). In graph
+        mode the first step of a phase runs eagerly, so the optimizer's state (momentum buffers) is
+        created outside the CUDA graphs' private memory pool; an eager step is exact."""
+        eager = (functools.partial(self.loss, stage), opt.step)
+        compiled = (execution.wrap(eager[0]), execution.wrap(eager[1]))
+        first = [execution.mode == "graph"]
 
         def step(x, y, idx, epoch, t_out):
+            loss_fn, update = eager if first[0] else compiled
+            first[0] = False
+            execution.mark_step()                          # one CUDA-graph generation per step
             loss = loss_fn(x, y, idx, epoch, t_out)
             opt.zero_grad(set_to_none=True)
             loss.backward()

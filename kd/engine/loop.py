@@ -26,6 +26,7 @@ import time
 import torch
 
 from kd.engine import dist
+from kd.engine.execution import size_compiler
 
 
 def reseed(seed: int, phase: int, epoch: int, device: torch.device) -> torch.Generator:
@@ -76,6 +77,8 @@ def train(members: list, stop_after_epochs: int | None = None) -> tuple[list[dic
 
 def _train_begun(members: list, stop_after_epochs: int | None) -> tuple[list[dict], list[str]]:
     alive, errors, lead = list(members), [], members[0]
+    if any(m.execution.compiled for m in members):
+        size_compiler(len(members))                    # every member compiles its own frames
     for si, stage, epochs in lead.plan:               # a group's members share one plan: the main stage only
         start = [m.start_phase(si, stage, epochs) for m in alive][0].start if alive else epochs
         for epoch in range(start, epochs):

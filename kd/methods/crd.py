@@ -19,6 +19,12 @@ class", so only the first epoch can draw a few same-class negatives. K is capped
 exceeds the other-class count, same-class samples fill the rest (RepDistiller repeats other-class
 ones). The sampling costs O(B N) memory per step (fine for CIFAR; heavy for ImageNet-size N).
 The contrast part runs in float32 outside autocast; embeddings stored in the banks are detached.
+
+Several processes (kd.engine.dist): each rank holds its slice of the global batch, but the banks,
+the labels seen and Z are those of one process. The ranks gather indices, labels and embeddings in
+rank order before sampling and updating, draw the global batch's negatives once (every rank draws
+the same keys: same generator state) and keep their own rows, and Z is the global mean of the first
+batch's scores. So every rank's banks equal the one-process banks (tests/test_dist.py).
 """
 from __future__ import annotations
 
@@ -28,6 +34,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from kd.engine import dist
 from kd.methods.contract import Context, Method, Step
 from kd.registry import METHODS
 
@@ -58,24 +65,32 @@ class CRD(Method):
         self.register_buffer("z", torch.full((2,), -1.0))                              # Z_s, Z_t; -1 unset
 
     def sample(self, index: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """(B,) indices and labels -> (B, K+1) contrast indices, column 0 the positive."""
-        self.labels[index] = targets
-        keys = torch.rand(index.shape[0], self.n, device=index.device)              # (B, N)
-        keys = keys.masked_fill(self.labels[None, :] == targets[:, None], -1.0)     # same class: last
-        keys.scatter_(1, index[:, None], -2.0)                                      # positive: never
-        neg = keys.topk(self.k, dim=1).indices                                      # (B, K)
+        """(B,) indices and labels -> (B, K+1) contrast indices, column 0 the positive (this rank's rows
+        of the global batch's draw under several processes)."""
+        (g_index, rows), (g_targets, _) = dist.gather(index), dist.gather(targets)
+        self.labels[g_index] = g_targets
+        keys = torch.rand(g_index.shape[0], self.n, device=index.device)            # (B, N)
+        keys = keys.masked_fill(self.labels[None, :] == g_targets[:, None], -1.0)   # same class: last
+        keys.scatter_(1, g_index[:, None], -2.0)                                    # positive: never
+        neg = keys.topk(self.k, dim=1).indices[rows]                                # (B, K)
         return torch.cat([index[:, None], neg], dim=1)
 
     def _scores(self, memory: torch.Tensor, v: torch.Tensor, idx: torch.Tensor, which: int) -> torch.Tensor:
         w = memory[idx].detach()                                      # (B, K+1, d)
         out = torch.exp(torch.bmm(w, v[:, :, None]).squeeze(2) / self.t)   # (B, K+1)
-        z = torch.where(self.z[which] < 0, out.detach().mean() * self.n, self.z[which])
+        if dist.world().size > 1:                                     # the global batch's mean
+            total = dist.all_sum(torch.stack([out.detach().sum(), torch.tensor(float(out.numel()), device=out.device)]))
+            first = total[0] / total[1] * self.n
+        else:
+            first = out.detach().mean() * self.n
+        z = torch.where(self.z[which] < 0, first, self.z[which])
         self.z[which] = z                                             # fixed after the first batch
         return out / z
 
     @torch.no_grad()
     def _update(self, memory: torch.Tensor, v: torch.Tensor, index: torch.Tensor):
-        new = memory[index] * self.m + v.detach() * (1 - self.m)
+        (v, _), (index, _) = dist.gather(v.detach()), dist.gather(index)      # every rank: the global batch
+        new = memory[index] * self.m + v * (1 - self.m)
         memory.index_copy_(0, index, new / new.norm(dim=1, keepdim=True))
 
     def forward(self, step: Step) -> torch.Tensor:
