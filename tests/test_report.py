@@ -97,6 +97,9 @@ def test_html_self_contained_with_plot_and_verdict_classes(tmp_path):
         assert f'class="v-{v}"' in page
     assert "<style>" in page and not re.search(r'(src|href)="(https?:)?//', page) and "<script" not in page
     assert page.index("wrn_40_2") < page.index("resnet56")
+    order = [page.index(x) for x in ("<b>Summary.</b>", "<table>", "<h2>Gains over", "<h2>Ranking", "<h2>Published vs ours",
+                                     "<h2>Source")]
+    assert order == sorted(order)                                            # the answer first
     other = (tmp_path / "rep" / "other.html").read_text()
     assert 'class="v-missing"' in other and "data:image/png" not in other
 

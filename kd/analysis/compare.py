@@ -318,7 +318,8 @@ def _side(ci) -> int:
 
 def _gain_draws(r: Row, b: Row, gen) -> tuple[np.ndarray | None, int, str]:
     """(draws of our gain of r over b, seeds behind them, note): paired over the seeds both have, else
-    unpaired; plus the test-set level where both have predictions for every paired seed."""
+    unpaired; plus the test-set level where both rows have predictions for every seed (the examples
+    resampled alike for both: the per-example mean over the seeds used)."""
     sign = 1.0 if r.higher_is_better else -1.0
     common = sorted(set(r.values) & set(b.values), key=str)
     draws, note = None, ""
@@ -328,9 +329,9 @@ def _gain_draws(r: Row, b: Row, gen) -> tuple[np.ndarray | None, int, str]:
         draws = sign * (stats.mean_draws(list(r.values.values()), gen, sd=r.spread_sd)
                         - stats.mean_draws(list(b.values.values()), gen, sd=b.spread_sd))
         note = "unpaired (no two seeds in common)" + ("; one seed: its stand-in spread" if min(r.n, b.n) < 2 else "")
-    paired = [s for s in common if s in r.correct and s in b.correct]
-    if draws is not None and paired and len(paired) == len(common):
-        d = np.mean([r.correct[s] - b.correct[s] for s in paired], axis=0)
+    if draws is not None and set(r.correct) == set(r.values) and set(b.correct) == set(b.values):
+        seeds_r, seeds_b = (common, common) if len(common) >= 2 else (list(r.values), list(b.values))
+        d = np.mean([r.correct[s] for s in seeds_r], axis=0) - np.mean([b.correct[s] for s in seeds_b], axis=0)
         draws = draws + stats.example_draws(d, gen)
     elif draws is not None:
         note = "; ".join(x for x in (note, "interval from seeds alone (no stored predictions)") if x)

@@ -119,6 +119,8 @@ def detail_lines(r) -> list[str]:
         out.append(f"agreement with the teacher {_num(r.agreement)} %, KL(teacher‖student) {r.kl:.3f}")
     if r.settle:
         out.append(f"about {r.settle} more seed(s) would settle it")
+    elif r.verdict == "inconclusive" and r.ci is not None:
+        out.append("more of our seeds alone would not settle it (the published number's own error is too wide)")
     return out
 
 
@@ -167,7 +169,8 @@ def summary_lines(table, rows) -> list[str]:
         if k.rho is not None:
             out.append(f"Ranking ({k.column}, {k.n} rows): Spearman ρ {_num(k.rho)}, 90 % interval {_ci(k.rho_ci, False)}; "
                        f"top row published {k.top_published}, ours {k.top_ours}.")
-    settle = [f"{r.row} / {r.column} +{r.settle}" for r in rows if r.settle]
+    settle = [f"{r.row} / {r.column} " + (f"+{r.settle}" if r.settle else "none (the published error is too wide)")
+              for r in rows if r.verdict == "inconclusive" and r.ci is not None]
     if settle:
         out.append("More seeds that would settle each inconclusive entry (if mean and std stay): " + ", ".join(settle) + ".")
     return out
@@ -314,7 +317,8 @@ def _labels(pts) -> list[str]:
 
 def plot_png(rows, title: str = "") -> str | None:
     """Base64 PNG: published (x) vs ours (y) with error bars (both means' 90 % intervals),
-    y = x, each point's band drawn as a vertical bar at its x, labels beside the axes; for a proxy
+    y = x, each point's band drawn as a vertical bar at its x, labels beside the axes, quick checks of a
+    cell as hollow grey points (not judged); for a proxy
     table the gains plot instead (gain_plot_png); None if nothing to plot."""
     if any(r.proxy for r in rows):
         return gain_plot_png(rows, title)
@@ -322,8 +326,9 @@ def plot_png(rows, title: str = "") -> str | None:
     if not pts:
         return None
     fig, ax = plt.subplots(figsize=(8, 8), dpi=110)
-    lo = min(min(x, y) - b for _, x, y, b, _ in pts) - 1
-    hi = max(max(x, y) + b for _, x, y, b, _ in pts) + 1
+    quick = [(r.published, mean) for r, *_ in pts for _, mean, _, _ in r.quick]
+    lo = min([min(x, y) - b for _, x, y, b, _ in pts] + [y for _, y in quick]) - 1
+    hi = max([max(x, y) + b for _, x, y, b, _ in pts] + [y for _, y in quick]) + 1
     ax.plot([lo, hi], [lo, hi], "k--", lw=1, label="y = x (ours = published)")
     for i, (r, x, y, b, _) in enumerate(pts):
         ax.plot([x, x], [x - b, x + b], color="#bbb", lw=6, solid_capstyle="butt", zorder=1,
@@ -335,6 +340,9 @@ def plot_png(rows, title: str = "") -> str | None:
                    [p[0].ours_ci[1] - p[2] if p[0].ours_ci else 0 for p in sel]]
             ax.errorbar([p[1] for p in sel], [p[2] for p in sel], xerr=[published_half(p[0]) for p in sel],
                         yerr=err, fmt="o", color=COLOR[v], label=v, capsize=3, zorder=3)
+    if quick:
+        ax.plot(*zip(*quick), "o", mfc="none", color="#757575", zorder=2,
+                label="quick check (overrides; not judged, not the published protocol)")
     _label_column(ax, [(x, y) for _, x, y, _, _ in pts], _labels([p[0] for p in pts]), lo, hi)
     unit = "accuracy %" if pts[0][0].higher_is_better else "error %"
     ax.set(xlim=(lo, hi), ylim=(lo, hi), xlabel=f"published ({unit})", ylabel=f"ours ({unit}, 90 % interval)",
