@@ -331,3 +331,20 @@ def test_a_run_stores_its_predictions_and_its_top1_is_their_accuracy(tmp_path, c
         assert r["fidelity"]["kl"] >= 0 and r["fidelity"]["epoch"] == "last"
     code, out, _ = main_out(capsys, "compare", "--table", "recorded_digits", "--results", str(tmp_path / "res"))
     assert code == 0 and "not judged (quick check digits~epochs=3)" in out
+
+
+def test_an_imported_teacher_gets_its_predictions_when_evaluated(tmp_path, capsys, monkeypatch):
+    import torch
+
+    from kd.engine.teacher import build_model
+    from kd.records.store import sha256_file
+    monkeypatch.setenv("KD_RESULTS", str(tmp_path / "res"))
+    monkeypatch.setenv("KD_STORE", str(tmp_path / "st"))
+    torch.manual_seed(0)
+    f = tmp_path / "teacher.pt"
+    torch.save(build_model("tiny_t", 10).state_dict(), f)
+    code, _, err = main_out(capsys, "import-teacher", "digits-sub400/baseline/tiny_t/digits", str(f), "--sha256", sha256_file(f))
+    assert code == 0, err
+    (r,) = [json.loads(ln) for ln in (tmp_path / "res" / "digits.jsonl").read_text().splitlines()]
+    p = read(tmp_path / "res" / r["predictions"]["file"], r["predictions"]["sha256"])
+    assert round(100 * float(np.mean(p.last == p.labels)), 4) == r["top1_last"] and (p.last == p.best).all()

@@ -301,13 +301,22 @@ def spread_labels(ys, lo: float, hi: float, gap: float) -> list[float]:
     return out
 
 
-def _label_column(ax, pts, labels, lo, hi):
-    """Labels in a column right of the axes, one line from each to its point."""
-    heights = spread_labels([y for _, y in pts], lo, hi, (hi - lo) * 0.035)
+def figure_size(n: int) -> float:
+    """The side (inches) of a plot with n labelled points: 8, growing past 66 points."""
+    return max(8.0, 0.12 * n)
+
+
+def _label_column(ax, pts, labels, lo, hi, size: float):
+    """Labels in a column right of the axes, one line from each to its point; the font shrinks (to 5 pt)
+    so that a column of many labels still fits the height."""
+    n = max(len(pts), 1)
+    font = max(5.0, min(8.0, 0.75 * size * 72 / n))
+    gap = (hi - lo) * max(0.035 if n <= 20 else 0.0, font * 1.3 / (size * 72 * 0.8))
+    heights = spread_labels([y for _, y in pts], lo, hi, gap)
     for (x, y), text, h in zip(pts, labels, heights):
         ax.annotate(text, (x, y), xycoords="data", xytext=(1.03, h), textcoords=("axes fraction", "data"),
-                    fontsize=8, va="center", arrowprops=dict(arrowstyle="-", color="#aaa", lw=0.5,
-                                                             shrinkA=0, shrinkB=3))
+                    fontsize=font, va="center", arrowprops=dict(arrowstyle="-", color="#aaa", lw=0.5,
+                                                                shrinkA=0, shrinkB=3))
 
 
 def _labels(pts) -> list[str]:
@@ -325,7 +334,8 @@ def plot_png(rows, title: str = "") -> str | None:
     pts = plot_points(rows)
     if not pts:
         return None
-    fig, ax = plt.subplots(figsize=(8, 8), dpi=110)
+    size = figure_size(len(pts))
+    fig, ax = plt.subplots(figsize=(size, size), dpi=110)
     quick = [(r.published, mean) for r, *_ in pts for _, mean, _, _ in r.quick]
     lo = min([min(x, y) - b for _, x, y, b, _ in pts] + [y for _, y in quick]) - 1
     hi = max([max(x, y) + b for _, x, y, b, _ in pts] + [y for _, y in quick]) + 1
@@ -343,7 +353,7 @@ def plot_png(rows, title: str = "") -> str | None:
     if quick:
         ax.plot(*zip(*quick), "o", mfc="none", color="#757575", zorder=2,
                 label="quick check (overrides; not judged, not the published protocol)")
-    _label_column(ax, [(x, y) for _, x, y, _, _ in pts], _labels([p[0] for p in pts]), lo, hi)
+    _label_column(ax, [(x, y) for _, x, y, _, _ in pts], _labels([p[0] for p in pts]), lo, hi, size)
     unit = "accuracy %" if pts[0][0].higher_is_better else "error %"
     ax.set(xlim=(lo, hi), ylim=(lo, hi), xlabel=f"published ({unit})", ylabel=f"ours ({unit}, 90 % interval)",
            title=title or "published vs ours")
@@ -365,7 +375,8 @@ def gain_plot_png(rows, title: str = "") -> str | None:
     pts = [r for r in rows if r.gain_ours is not None]
     if not pts:
         return None
-    fig, ax = plt.subplots(figsize=(8, 7), dpi=110)
+    size = figure_size(len(pts))
+    fig, ax = plt.subplots(figsize=(size, size * 7 / 8), dpi=110)
     ys = [v for r in pts for v in (r.gain_ours, *(r.gain_ci or ()))]
     xs = [v for r in pts for v in (r.gain_published, *(r.gain_published_ci or ()))]
     (x0, x1), (y0, y1) = _limits(xs), _limits(ys)
@@ -382,7 +393,7 @@ def gain_plot_png(rows, title: str = "") -> str | None:
                     [r.gain_published_ci[1] - r.gain_published if r.gain_published_ci else 0 for r in sel]]
             ax.errorbar([r.gain_published for r in sel], [r.gain_ours for r in sel], xerr=xerr, yerr=yerr, fmt="o",
                         color=colour, capsize=3, zorder=3, label=f"sign {sign}")
-    _label_column(ax, [(r.gain_published, r.gain_ours) for r in pts], _labels(pts), y0, y1)
+    _label_column(ax, [(r.gain_published, r.gain_ours) for r in pts], _labels(pts), y0, y1, size * 7 / 8)
     ax.set(xlim=(x0, x1), ylim=(y0, y1), xlabel="published gain over the baseline (points)",
            ylabel="our gain over the baseline (points, 90 % interval)", title=title or "gains: published vs ours")
     ax.grid(alpha=0.3)
