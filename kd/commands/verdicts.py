@@ -138,7 +138,7 @@ def compare_command(results=None, only=None, check: bool = False, proxies: bool 
     print(f"check passed: {len(judged)} judged entries ({n['reproduced']} reproduced, {n['inconclusive']} inconclusive) "
           f"and {len(gains)} gains over the baseline row, none confidently outside its tolerance"
           + (f"; {sum(r.ours is not None for r in c.rows if r.proxy)} proxy entries shown, not judged "
-             f"({sum(r.gain_sign == 'disagrees' for r in signs)} gain signs confidently disagree"
+             f"({sum(r.gain_sign == 'disagrees' for r in signs)} gain sign(s) confidently disagree"
              f"{'' if proxies else '; --proxies fails on them'})" if signs else "")
           + ("; inconclusive entries are not failures: `kd plan TABLE` says how many seeds would settle them"
              if n["inconclusive"] else ""))
