@@ -242,71 +242,20 @@ def cmd_import_teacher(a):
           f"test top-1 {rec['top1_last']:.2f}, top-5 {rec['top5_last']:.2f} (result line marked imported)")
 
 
-def _compare(results=None, only: list[str] | None = None, strict: bool = False):
-    from kd.analysis.compare import compare, extras
-    from kd.catalog.reftables import load_all
-    from kd.records.results import read_records
-    from kd.catalog.paths import REFERENCE_TABLES
-    tables = [t for t in load_all(REFERENCE_TABLES) if not only or t.id in only]
-    if only and len(tables) != len(set(only)):
-        known = {t.id for t in load_all(REFERENCE_TABLES)}
-        raise KDError(f"unknown table(s) {', '.join(sorted(set(only) - known))}; valid: {', '.join(sorted(known))}")
-    records = read_records(results, strict=strict)
-    rows = compare(tables, records)
-    return tables, records, rows, extras(tables, records)
-
-
 def cmd_compare(a):
-    from tabulate import tabulate
-    from kd.analysis.compare import check, summary
-    tables, records, rows, extra = _compare(a.results, a.table, strict=a.check)
-    judged = [r for r in rows if r.verdict != "missing"]
-    if judged:
-        print(tabulate([[r.table_id, r.row, r.column, r.published, f"{r.ours:.2f}" if r.ours is not None else "-",
-                         r.n, f"{r.delta:+.2f}" if r.delta is not None else "-", r.verdict] for r in judged],
-                       headers=["table", "row", "column", "published", "ours", "n", "delta", "verdict"]))
-    counts = summary(rows)
-    print(tabulate([[t.id] + [counts.get(t.id, {}).get(v, 0) for v in ("reproduced", "below", "above", "missing")]
-                    for t in tables], headers=["table", "reproduced", "below", "above", "missing"]))
-    if extra:
-        print(f"{len({r.cell_id for r in extra})} result cells are named by no reference table")
-    if a.check:
-        # A check passes only on evidence: every entry with runs has an ok one, and something was judged.
-        bad = check(rows)
-        from kd.analysis.compare import FAILING, gain_fails
-        all_failed = [r for r in rows if r.n == 0 and r.n_failed > 0 and not r.erratum]
-        for r in bad:
-            if r.verdict in FAILING:
-                print(f"FAIL {r.table_id} | {r.row} | {r.column}: ours {r.ours:.2f} vs {r.published} "
-                      f"(delta {r.delta:+.2f}, tolerance {r.tolerance})", file=sys.stderr)
-            if gain_fails(r):
-                g_ours, g_pub = (round(g, 2) + 0.0 for g in (r.gain_ours, r.gain_published))     # no "-0.00"
-                print(f"FAIL {r.table_id} | {r.row} | {r.column}: gain over the baseline row ours "
-                      f"{g_ours:+.2f} vs {g_pub:+.2f} (tolerance {r.gain_tolerance})", file=sys.stderr)
-        for r in all_failed:
-            print(f"FAIL {r.table_id} | {r.row} | {r.column}: every run failed ({r.n_failed} failed, none ok)",
-                  file=sys.stderr)
-        if not judged:
-            print(f"FAIL nothing was judged: no ok result line matches an entry of the {len(tables)} selected table(s)",
-                  file=sys.stderr)
-        if bad or all_failed or not judged:
-            return 1
-        gains = sum(r.gain_verdict is not None for r in rows)
-        print(f"check passed: {len(judged)} judged entries and {gains} gains over the baseline row within tolerance")
+    from kd.commands.verdicts import compare_command
+    return compare_command(a.results, a.table, check=a.check, proxies=a.proxies)
 
 
 def cmd_report(a):
-    from kd.analysis.report import write_reports
-    from kd.records.results import results_root
-    from kd.records.store import check_writable
-    out = Path(a.out or results_root(a.results) / "reports")
-    check_writable(out, "report folder", folder=True)
-    tables, records, rows, extra = _compare(a.results, a.table)
-    try:
-        paths = write_reports(tables, rows + extra, out, n_results=len(records), records=records)
-    except OSError as e:
-        raise KDError(f"cannot write reports under {out}: {e.strerror or e}") from None
+    from kd.commands.verdicts import report_command
+    paths, out = report_command(a.results, a.table, a.out)
     print(f"wrote {len(paths)} files under {out} (open {out / 'index.html'})")
+
+
+def cmd_plan(a):
+    from kd.commands.verdicts import plan_command
+    plan_command(a.name, a.results)
 
 
 def cmd_table(a):
@@ -386,9 +335,17 @@ def main(argv: list[str] | None = None) -> int:
 
     c = sub.add_parser("compare", help="judge results against the reference tables")
     c.add_argument("--table", nargs="+", help="only these tables")
-    c.add_argument("--check", action="store_true", help="exit 1 when a result is outside its tolerance (CI)")
+    c.add_argument("--check", action="store_true",
+                   help="exit 1 when a result or a gain is confidently outside its tolerance (CI; see README 'How a verdict is made')")
+    c.add_argument("--proxies", action="store_true",
+                   help="with --check: also fail when a proxy table's gain confidently has the published gain's opposite sign")
     c.add_argument("--results")
     c.set_defaults(fn=cmd_compare)
+
+    pl = sub.add_parser("plan", help="seeds needed to resolve each published gain of a table, and what they cost")
+    pl.add_argument("name", help="table id, e.g. sarfraz2020_table3 (see reference_tables/)")
+    pl.add_argument("--results")
+    pl.set_defaults(fn=cmd_plan)
 
     rp = sub.add_parser("report", help="write Markdown and HTML reports (default under results/local/reports/)")
     rp.add_argument("--table", nargs="+", help="only these tables")

@@ -21,3 +21,4 @@ class E:
     note: str = ""
     erratum: str | None = None
     table_id: str = "t"
+    runs: int | None = None

@@ -43,7 +43,9 @@ def seeds(cell, *top1s):
     return [rec(cell, i, v) for i, v in enumerate(top1s)]
 
 
-def one(entry, records, **tkw):
+def one(entry, records, runs=None, **tkw):
+    if runs is not None:
+        entry.runs = runs
     (row,) = compare([T([entry], **tkw)], records)
     return row
 
@@ -66,21 +68,25 @@ def test_rerun_of_a_seed_supersedes_earlier_line():
     assert one(E("kd", "A", 80, cell), [rec(cell, 0, 70), rec(cell, 0, 80)]).ours == 80
 
 
-def test_reproduced_via_tolerance():
-    r = one(E("kd", "A", 72.3, cid("kd"), tolerance=0.5), seeds(cid("kd"), 70, 72, 74))
+def test_reproduced_when_the_interval_lies_inside_the_tolerance():
+    r = one(E("kd", "A", 72.3, cid("kd"), tolerance=0.5), seeds(cid("kd"), 72.0, 72.1, 71.9))
     assert r.verdict == "reproduced" and r.delta == pytest.approx(-0.3)
-    assert (r.ours, r.n, r.published) == (pytest.approx(72), 3, 72.3) and r.ours_std == pytest.approx(2)
+    assert (r.ours, r.n, r.published) == (pytest.approx(72), 3, 72.3) and r.ours_std == pytest.approx(0.1)
+    wide = one(E("kd", "A", 72.3, cid("kd"), tolerance=0.5), seeds(cid("kd"), 70, 72, 74))
+    assert wide.verdict == "inconclusive" and wide.settle and wide.ci[0] < -0.5   # same delta, wide spread
 
 
-def test_reproduced_via_published_std_band_only():
-    recs = seeds(cid("kd"), 72)
-    assert one(E("kd", "A", 73.5, cid("kd"), std=1.0), recs).verdict == "reproduced"  # 1.5 <= 2*1.0
-    assert one(E("kd", "A", 73.5, cid("kd"), std=0.7), recs).verdict == "below"  # 1.5 > 1.4
-    assert one(E("kd", "A", 73.5, cid("kd")), recs).verdict == "below"
+def test_published_std_widens_the_interval_it_is_never_a_band():
+    recs = seeds(cid("kd"), 72.0, 72.1, 71.9)
+    alone = one(E("kd", "A", 72.3, cid("kd"), tolerance=0.5), recs)
+    with_std = one(E("kd", "A", 72.3, cid("kd"), tolerance=0.5, std=0.4), recs, runs=5)
+    assert with_std.ci[0] < alone.ci[0] and with_std.ci[1] > alone.ci[1]
+    far = one(E("kd", "A", 73.5, cid("kd"), tolerance=0.5, std=1.0), recs, runs=5)   # the old 2-std band
+    assert far.verdict != "reproduced"
 
 
 def test_below_and_above():
-    recs = seeds(cid("kd"), 72)
+    recs = seeds(cid("kd"), 72, 72.2, 71.8)
     lo = one(E("kd", "A", 75, cid("kd")), recs)
     assert lo.verdict == "below" and lo.delta == pytest.approx(-3)
     hi = one(E("kd", "A", 70, cid("kd")), recs)
@@ -95,18 +101,18 @@ def test_missing_without_ok_result():
 
 
 def test_statistic_best_last_unknown():
-    recs = seeds(cid("kd"), 72)
-    assert one(E("kd", "A", 73, cid("kd"), statistic="best", tolerance=0), recs).verdict == "reproduced"
-    last = one(E("kd", "A", 73, cid("kd"), statistic="last", tolerance=0), recs)
+    recs = seeds(cid("kd"), 72, 72.1, 71.9)
+    assert one(E("kd", "A", 73, cid("kd"), statistic="best"), recs).verdict == "reproduced"
+    last = one(E("kd", "A", 73, cid("kd"), statistic="last"), recs)
     assert last.verdict == "below" and not last.statistic_assumed
-    unk = one(E("kd", "A", 72, cid("kd"), statistic="unknown", tolerance=0), recs)
+    unk = one(E("kd", "A", 72, cid("kd"), statistic="unknown"), recs)
     assert unk.verdict == "reproduced" and unk.statistic == "last" and unk.statistic_assumed
-    top5 = one(E("kd", "A", 93, cid("kd"), metric="top5", statistic="best", tolerance=0), recs)
-    assert top5.ours == 93 and top5.verdict == "reproduced"
+    top5 = one(E("kd", "A", 93, cid("kd"), metric="top5", statistic="best"), recs)
+    assert top5.ours == pytest.approx(93) and top5.verdict == "reproduced"
 
 
 def test_error_table_direction():
-    recs = seeds(cid("kd"), 72)  # our error = 28
+    recs = seeds(cid("kd"), 72, 72.1, 71.9)  # our error = 28
     worse = one(E("kd", "A", 27.0, cid("kd"), higher_is_better=False), recs)
     assert worse.ours == pytest.approx(28) and worse.delta == pytest.approx(1) and worse.verdict == "below"
     better = one(E("kd", "A", 29.0, cid("kd"), higher_is_better=False), recs)
@@ -117,15 +123,16 @@ def test_error_table_direction():
 
 def test_per_seed_entry_uses_only_that_seed():
     r = one(E("kd", "A", 72, cid("kd"), seed=1, tolerance=0.1), seeds(cid("kd"), 70, 72, 74))
-    assert (r.ours, r.n, r.ours_std, r.seeds, r.verdict) == (72, 1, None, (1,), "reproduced")
+    assert (r.ours, r.n, r.ours_std, r.seeds) == (72, 1, None, (1,))
+    assert r.verdict == "inconclusive"                     # one seed is never "reproduced"
     assert one(E("kd", "A", 72, cid("kd"), seed=7), seeds(cid("kd"), 70, 72)).verdict == "missing"
 
 
 def test_ensemble_entry_needs_ensemble_field():
     e = E("ens", "A", 76, cid("ens"), aggregate="ensemble")
     assert one(e, seeds(cid("ens"), 76, 76)).verdict == "missing"
-    r = one(e, [rec(cid("ens"), 0, 70, ensemble_top1=76.2)])
-    assert (r.verdict, r.ours, r.statistic) == ("reproduced", 76.2, "ensemble")
+    r = one(e, [rec(cid("ens"), 0, 70, ensemble_top1=76.2), rec(cid("ens"), 1, 70, ensemble_top1=76.1)])
+    assert (r.verdict, r.ours, r.statistic) == ("reproduced", pytest.approx(76.15), "ensemble")
 
 
 def test_extras_are_unnamed_result_cells():
@@ -144,7 +151,7 @@ def test_recipe_guard_shortened_runs_never_judge_full_protocol():
     assert [r.cell_id for r in extras([T([e])], seeds(short, 72))] == [short]
     mislabelled = [rec(cid("kd"), 0, 72, recipe="std~epochs=1")]  # right cell id, shortened recipe
     assert one(e, mislabelled).verdict == "missing"
-    assert one(e, [rec(cid("kd"), 0, 72)]).verdict == "reproduced"
+    assert one(e, seeds(cid("kd"), 72, 72)).verdict == "reproduced"
 
 
 def _gain_table(hib=True):
@@ -192,24 +199,32 @@ def test_ranking_spearman_and_top():
 
 def test_check_fails_on_perturbed_result_only():
     t = T([E("kd", "A", 72, cid("kd")), E("crd", "A", 74, cid("crd")), E("dkd", "A", 76, cid("dkd"))])
-    good = seeds(cid("kd"), 72.2) + seeds(cid("crd"), 73.8)
+    good = seeds(cid("kd"), 72.2, 72.1) + seeds(cid("crd"), 73.8, 73.9)
     assert check(compare([t], good)) == []  # dkd is missing: not a failure
-    bad = seeds(cid("kd"), 72.2) + seeds(cid("crd"), 78.8)
+    bad = seeds(cid("kd"), 72.2, 72.1) + seeds(cid("crd"), 78.8, 78.9)
     assert [(r.row, r.verdict) for r in check(compare([t], bad))] == [("crd", "above")]
-    assert [r.verdict for r in check(compare([t], good + [rec(cid("kd"), 9, 60)]))] == ["below"]
+    noisy = seeds(cid("kd"), 72.2, 60.0) + seeds(cid("crd"), 73.8, 73.9)     # a wide interval: inconclusive
+    assert [r.verdict for r in compare([t], noisy)][:1] == ["inconclusive"] and check(compare([t], noisy)) == []
+    low = seeds(cid("kd"), 60.2, 60.1) + seeds(cid("crd"), 73.8, 73.9)
+    assert [r.verdict for r in check(compare([t], low))] == ["below"]
     flagged = T([E("crd", "A", 74, cid("crd"), erratum="misprinted")])  # errata are never targets
     rows = compare([flagged], bad)
     assert rows[0].verdict == "above" and check(rows) == []
 
 
 def test_summary_counts():
-    t = T([E("kd", "A", 72, cid("kd")), E("crd", "A", 74, cid("crd")), E("dkd", "A", 76, cid("dkd"))])
-    recs = seeds(cid("kd"), 72) + seeds(cid("crd"), 70) + seeds(cid("x"), 1)
+    t = T([E("kd", "A", 72, cid("kd")), E("crd", "A", 74, cid("crd")), E("dkd", "A", 76, cid("dkd")),
+           E("ofd", "A", 76, cid("ofd"))])
+    recs = seeds(cid("kd"), 72, 72.1) + seeds(cid("crd"), 70, 70.1) + seeds(cid("ofd"), 76) + seeds(cid("x"), 1)
     s = summary(compare([t], recs) + extras([t], recs))
-    assert s["t"] == {"reproduced": 1, "below": 1, "missing": 1} and s[None] == {"extra": 1}
+    assert s["t"] == {"reproduced": 1, "below": 1, "missing": 1, "inconclusive": 1} and s[None] == {"extra": 1}
 
 
 def test_verdict_rule_directly():
     assert verdict(None, 1, None) == "missing"
-    assert verdict(0.5, 0.5, None) == "reproduced" and verdict(-0.51, 0.5, None) == "below"
-    assert verdict(-0.51, 0.5, None, higher_is_better=False) == "above"
+    assert verdict(0.2, 0.5, None, ours_std=0.1, n=3) == "reproduced"
+    assert verdict(-2.0, 0.5, None, ours_std=0.1, n=3) == "below"
+    assert verdict(-2.0, 0.5, None, higher_is_better=False, ours_std=0.1, n=3) == "above"
+    assert verdict(0.0, 0.5, None, n=1) == "inconclusive"                       # no spread at all
+    assert verdict(0.0, 5.0, None, n=1, n_test=10000, ours=75.0) == "inconclusive"  # one seed: never reproduced
+    assert verdict(-5.0, 0.5, None, n=1, n_test=10000, ours=75.0) == "below"

@@ -42,7 +42,7 @@ AGGREGATES = ("mean", "ensemble")
 _REQUIRED = ("id", "title", "source", "metric", "value_kind", "statistic", "runs", "confidence",
              "tolerance", "columns", "rows", "values")
 _OPTIONAL = ("values_confidence", "baseline_row", "baseline_column", "defaults", "errata", "assumptions",
-             "cell_notes", "gain_tolerance")
+             "cell_notes", "gain_tolerance", "proxy")
 # Fields an entry carries that defaults/columns/rows may set.
 _ENTRY_FIELDS = ("dataset", "method", "student", "teacher", "recipe", "metric", "seed", "aggregate",
                  "quoted_from", "note")
@@ -125,6 +125,7 @@ class RefTable:
     assumptions: list = field(default_factory=list)
     path: str = ""
     gain_tolerance: float | None = None   # points; how far our gain over baseline_row may be from the table's
+    proxy: str | None = None   # why our cells follow another protocol: values shown, never judged (kd.analysis.compare)
 
     @property
     def higher_is_better(self) -> bool:
@@ -283,6 +284,8 @@ def _check_header(path: Path, lines: list[str], d: dict) -> dict:
     if d.get("gain_tolerance") is not None and (not isinstance(d["gain_tolerance"], (int, float))
                                                 or d["gain_tolerance"] <= 0):
         raise _err(path, _line_of(lines, "gain_tolerance:"), "gain_tolerance must be a positive number (points)")
+    if d.get("proxy") is not None and (not isinstance(d["proxy"], str) or not d["proxy"].strip()):
+        raise _err(path, _line_of(lines, "proxy:"), "proxy must be a sentence saying how our cells differ from the paper's")
     if not isinstance(d["source"], dict) or "paper" not in d["source"]:
         raise _err(path, _line_of(lines, "source:"), "source must be a mapping with at least 'paper'")
     defaults = d.get("defaults") or {}
@@ -430,7 +433,8 @@ def load_table(path) -> RefTable:
         baseline_row=d.get("baseline_row"), baseline_column=d.get("baseline_column"),
         rows=rows, columns=columns, entries=entries, info=info, errata=errata,
         assumptions=list(d.get("assumptions") or []), path=str(path),
-        gain_tolerance=float(d["gain_tolerance"]) if d.get("gain_tolerance") is not None else None)
+        gain_tolerance=float(d["gain_tolerance"]) if d.get("gain_tolerance") is not None else None,
+        proxy=d["proxy"].strip() if d.get("proxy") else None)
 
 
 def load_all(root="reference_tables") -> list[RefTable]:

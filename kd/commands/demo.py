@@ -61,25 +61,20 @@ def demo(seeds: int = 5, results=None, store=None, progress: bool = True) -> lis
 
 
 def _compare_and_report(results) -> None:
-    """Judge the digits results against the recorded reference and write its reports."""
-    from pathlib import Path
-
-    from kd.analysis.compare import compare
+    """Judge the digits results against the recorded reference and write its reports (and the index
+    of every table: kd.commands.verdicts)."""
     from kd.catalog.reftables import load_all
-    from kd.analysis.report import write_reports
-    from kd.records.results import read_records
     from kd.catalog.paths import REFERENCE_TABLES
+    from kd.commands.verdicts import load, report_command
     tables = [t for t in load_all(REFERENCE_TABLES) if t.id == "recorded_digits"]
     if not tables:
         print("no recorded reference for digits yet (tools/record_reference.py writes it)")
         return
-    records = read_records(results_root(results))
-    rows = compare(tables, records)
+    rows = load(results_root(results), ["recorded_digits"]).rows
     for r in rows:
         ours = "-" if r.ours is None else f"{r.ours:.2f}" + (f" ± {r.ours_std:.2f}" if r.n > 1 else "") + f" (n={r.n})"
         gain = "" if r.gain_verdict is None else \
             f"  gain {r.gain_ours:+.2f} (recorded {r.gain_published:+.2f}) {r.gain_verdict}"
         print(f"  {r.row:8s} recorded {r.published:6.2f}  ours {ours:22s} {r.verdict}{gain}")
-    out = Path(results_root(results)) / "reports"
-    write_reports(tables, rows, out, n_results=len(records), records=records)
+    _, out = report_command(results_root(results), ["recorded_digits"])
     print(f"reports: {out / 'recorded_digits.md'} and {out / 'recorded_digits.html'}")

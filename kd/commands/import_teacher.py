@@ -8,7 +8,7 @@ recipe's teacher seed, marked {"imported": {"from", "sha256"}}.
 
 Convention: an imported checkpoint has one evaluation and no training curve, so its top-1/top-5 are
 both the 'last' and the 'best' numbers of the line (best_epoch null, curve empty, wall_s = the
-evaluation's seconds).
+evaluation's seconds); its predictions (kd.records.predictions) are stored as both epochs'.
 """
 from __future__ import annotations
 
@@ -56,7 +56,8 @@ def import_teacher(cell, src: Path, sha256: str, *, data_root=None, store=None, 
     started = dt.datetime.now(dt.timezone.utc)
     t0 = time.perf_counter()
     data = ds.on_device(dev)
-    top1, top5 = Distiller(cell, model.to(dev), None, [], [], channels_last=False, amp=False).evaluate(data)
+    ev = Distiller(cell, model.to(dev), None, [], [], channels_last=False, amp=False).evaluation(data)
+    top1, top5 = ev.top1, ev.top5
     wall = time.perf_counter() - t0
     with run_lock(store, cell.id, recipe.teacher_seed):          # not while a run trains this teacher
         install_checkpoint(src, dst, digest, f"imported from {src.resolve()}")
@@ -71,6 +72,11 @@ def import_teacher(cell, src: Path, sha256: str, *, data_root=None, store=None, 
            "started": started.isoformat(timespec="seconds"),
            "finished": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), "host": platform.node(),
            "argv": sys.argv[1:]}
+    from kd.records.predictions import write_run
+    from kd.records.results import results_root
+    from kd.records.store import safe_name
+    rec["predictions"] = write_run(results_root(results_dir), safe_name(cell.id), recipe.teacher_seed,
+                                   ev.pred.numpy(), ev.pred.numpy(), ev.labels.numpy())   # one evaluation: last = best
     rec = json.loads(json.dumps(rec))
     append_record(rec, results_file(cell.dataset, results_dir))
     return rec

@@ -15,12 +15,19 @@ Conventions that change numbers, all here:
   only when a method with a nonzero weight is there to read it.
 - The student's initialisation draws from seed `seed`, the methods' from `seed + 1`.
 - Evaluation: the test set in batches of 256, the first method with `eval_logits` (ONE's ensemble)
-  else the student; top-1/top-5 counted on the device.
+  else the student; top-1/top-5 counted on the device. The predicted class of an example is the first
+  of its top-k indices (the same `topk` that counts top-1, so ties resolve alike and the top-1 equals
+  the accuracy of the predictions). Fidelity (Stanton et al., NeurIPS 2021), when asked for: top-1
+  agreement (%) between those predictions and the teacher's, and the mean KL(teacher || student) of
+  the softmaxes at T = 1 (nats per example), both in fp32 on the same batches, the teacher as frozen
+  (kd.engine.teacher.freeze: a "train"-mode teacher uses each test batch's statistics). Evaluation
+  draws no random numbers and changes no module.
 """
 from __future__ import annotations
 
 import functools
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -51,11 +58,30 @@ def kinds_of(methods) -> tuple[Kinds, Kinds]:
     return tuple(sorted({k[0] for k in ks})), tuple(sorted({k[1] for k in ks}))
 
 
-def accuracy(logits: torch.Tensor, y: torch.Tensor, ks=(1, 5)) -> list[torch.Tensor]:
+def top_indices(logits: torch.Tensor, ks=(1, 5)) -> torch.Tensor:
+    """The classes of the max(ks) largest logits per sample, best first (k clipped to the classes)."""
+    return logits.topk(min(max(ks), logits.shape[1]), dim=1).indices
+
+
+def accuracy(logits: torch.Tensor, y: torch.Tensor, ks=(1, 5), top: torch.Tensor | None = None) -> list[torch.Tensor]:
     """Number of samples whose label is among the top-k predictions (k clipped to the classes)."""
-    top = logits.topk(min(max(ks), logits.shape[1]), dim=1).indices
+    top = top_indices(logits, ks) if top is None else top
     hit = top == y[:, None]
     return [hit[:, :k].any(1).sum() for k in ks]
+
+
+@dataclass
+class Evaluation:
+    """One pass over the test set: top-1/top-5 (%), the predicted class of every test example and its
+    label (CPU, test order); with a teacher asked for, its predictions, the top-1 agreement (%) and the
+    mean KL(teacher || student) at T = 1."""
+    top1: float
+    top5: float
+    pred: torch.Tensor
+    labels: torch.Tensor
+    teacher_pred: torch.Tensor | None = None
+    agreement: float | None = None
+    kl: float | None = None
 
 
 class Distiller(nn.Module):
@@ -173,18 +199,40 @@ class Distiller(nn.Module):
             for m in stage.train_modules:
                 m.train()
 
-    @torch.no_grad()
     def evaluate(self, data) -> tuple[float, float]:
         """Top-1 and top-5 (%) on the test set."""
+        e = self.evaluation(data)
+        return e.top1, e.top5
+
+    @torch.no_grad()
+    def evaluation(self, data, fidelity: bool = False) -> Evaluation:
+        """Top-1/top-5 and the predictions on the test set; with `fidelity` (and a teacher), the
+        teacher's predictions, agreement and KL on the same batches (module docstring)."""
         self.student.eval()
         self.methods.eval()
-        c1 = c5 = 0
+        teacher = self.teacher if fidelity else None
+        c1 = c5 = agree = kl = 0
+        preds, labels, t_preds = [], [], []
         for x, y in data.test_batches(256):        # 64-256 is fastest per image on CPU; BN in eval: same numbers
             x = x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
             logits = next((out for m in self.methods if (out := m.eval_logits(x, self.student)) is not None), None)
-            a1, a5 = accuracy((self.student(x) if logits is None else logits).float(), y)
+            logits = (self.student(x) if logits is None else logits).float()
+            top = top_indices(logits)
+            a1, a5 = accuracy(logits, y, top=top)
             c1, c5 = c1 + a1, c5 + a5
-        return 100.0 * float(c1) / data.num_test, 100.0 * float(c5) / data.num_test
+            preds.append(top[:, 0])
+            labels.append(y)
+            if teacher is not None:
+                t_logits = teacher(x).float()
+                t_top = top_indices(t_logits, (1,))[:, 0]
+                t_preds.append(t_top)
+                agree = agree + (t_top == top[:, 0]).sum()
+                kl = kl + F.kl_div(F.log_softmax(logits, 1), F.log_softmax(t_logits, 1), reduction="sum", log_target=True)
+        n = data.num_test
+        e = Evaluation(100.0 * float(c1) / n, 100.0 * float(c5) / n, torch.cat(preds).cpu(), torch.cat(labels).cpu())
+        if teacher is not None:
+            e.teacher_pred, e.agreement, e.kl = torch.cat(t_preds).cpu(), 100.0 * float(agree) / n, float(kl) / n
+        return e
 
 
 def _context(spec, student, teacher, classes, probe, num_classes: int, num_train: int, device) -> Context:

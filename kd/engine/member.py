@@ -8,7 +8,11 @@ Conventions that change numbers:
   student (lr_by_student, the LR rule of the global batch).
 - A non-finite epoch loss stops the run: a failed line (no number) is appended and a KDError raised.
   The check runs once per epoch, on a loss sum kept on the device: the step never waits for the host.
-- The record holds the last epoch's top-1/top-5 and the best epoch's (kd.records.provenance).
+- The record holds the last epoch's top-1/top-5 and the best epoch's (kd.records.provenance), and
+  the predicted class of every test example at both epochs (kd.records.predictions; best as in
+  provenance: highest stored top-1, ties to the later epoch). A run with a teacher also records, at
+  the last epoch, the top-1 agreement with the teacher and the mean KL(teacher || student) at T = 1
+  (kd.engine.distiller.Evaluation), and the teacher's predictions (one file per teacher and mode).
 - Resume: the state saved after every epoch (student, methods, optimizer, curves) is reloaded and the
   run continues at the next epoch; the per-epoch reseeding makes it repeat the uninterrupted run.
 """
@@ -23,9 +27,9 @@ import torch
 from kd.engine import dist
 from kd.engine.distiller import Distiller
 from kd.engine.optim import lr_schedule, optimizer, set_lr
-from kd.records import provenance
-from kd.records.results import append_record, results_file
-from kd.records.store import checkpoint_path, load_state, save_checkpoint, save_state, state_path
+from kd.records import predictions, provenance
+from kd.records.results import append_record, results_file, results_root
+from kd.records.store import checkpoint_path, load_state, safe_name, save_checkpoint, save_state, state_path
 
 
 class Member:
@@ -58,6 +62,7 @@ class Member:
             self.env.log(f"resuming {self.id} seed {self.seed} at stage {self.state['stage']} "
                          f"epoch {self.state['epoch'] + 1}")
         self.curve, self.stage_log = self.state.get("curve", []), self.state.get("stage_log", [])
+        self.evidence = {k: (v.cpu() if torch.is_tensor(v) else v) for k, v in self.state.get("evidence", {}).items()}
         self.elapsed, self.images = self.state.get("elapsed", 0.0), self.state.get("images", 0)
         self.done_epochs = len(self.curve) + len(self.stage_log)
         from kd.records.log import EpochLog
@@ -105,15 +110,29 @@ class Member:
                                      + (f" of stage '{stage.name}'" if stage else ""))
         if not dist.world().main:
             return
-        top1, top5 = self.d.evaluate(self.data)
+        last = stage is None and epoch == self.plan[-1][2] - 1
+        ev = self.d.evaluation(self.data, fidelity=last and self.d.teacher is not None)
+        top1, top5 = ev.top1, ev.top5
         entry = {"epoch": epoch + 1, "top1": round(top1, 4), "top5": round(top5, 4),
                  "train_loss": round(loss, 6), "lr": self.lrs[epoch]}
         (self.curve if stage is None else self.stage_log).append(entry if stage is None else {"stage": stage.name, **entry})
+        if stage is None:
+            self._keep(ev, entry)
         self.elog.epoch(entry, stage, self.images, self.elapsed)
         save_state(self.state_path, {"stage": si, "epoch": epoch, "student": self.d.student.state_dict(),
                                      "methods": self.d.methods.state_dict(), "optimizer": self.opt.state_dict(),
                                      "curve": self.curve, "stage_log": self.stage_log, "elapsed": self.elapsed,
-                                     "images": self.images}, self.spec.digest, self.teacher_sha)
+                                     "images": self.images, "evidence": self.evidence}, self.spec.digest, self.teacher_sha)
+
+    def _keep(self, ev, entry: dict):
+        """This epoch's predictions as the last ones, and as the best ones when its stored top-1 is at
+        least the best so far (ties to the later epoch, as kd.records.provenance picks best_epoch)."""
+        small = lambda t: t.to(torch.int16 if self.ds.num_classes <= 2 ** 15 else torch.int32)  # noqa: E731
+        self.evidence["last"], self.evidence["labels"] = small(ev.pred), small(ev.labels)
+        if entry["top1"] >= max((e["top1"] for e in self.curve[:-1]), default=-1.0):
+            self.evidence["best"] = self.evidence["last"]
+        if ev.teacher_pred is not None:
+            self.evidence.update(teacher=small(ev.teacher_pred), agreement=ev.agreement, kl=ev.kl)
 
     def fail(self, e: FloatingPointError) -> str:
         """A non-finite loss: a failed line (no number), the resume state dropped; the one-line error."""
@@ -130,9 +149,21 @@ class Member:
         if dist.world().main:
             ckpt = checkpoint_path(self.id, self.seed, self.env.store)
             sha = save_checkpoint(self.d.student, ckpt)
-            record = self._record(status="ok", checkpoint=str(ckpt), sha=sha)
+            record = self._record(status="ok", checkpoint=str(ckpt), sha=sha, evidence=self._write_evidence())
             self.state_path.unlink(missing_ok=True)
         return dist.barrier_and_share(record)
+
+    def _write_evidence(self) -> dict:
+        """The predictions files of this run (and of its teacher, once) and the line fields naming them."""
+        ev, root, out = self.evidence, results_root(self.env.results), {}
+        if "last" in ev and "best" in ev:
+            out["predictions"] = predictions.write_run(root, safe_name(self.id), self.seed, ev["last"].numpy(),
+                                                       ev["best"].numpy(), ev["labels"].numpy())
+        if "teacher" in ev and self.teacher_sha:
+            out["teacher_predictions"] = predictions.write_teacher(root, self.teacher_sha, self.teacher_mode or "eval",
+                                                                   ev["teacher"].numpy(), ev["labels"].numpy())
+            out["fidelity"] = {"agreement": round(ev["agreement"], 4), "kl": round(ev["kl"], 6), "epoch": "last"}
+        return out
 
     def _record(self, **kw) -> dict:
         progress = {"curve": self.curve, "stage_log": self.stage_log, "elapsed": self.elapsed, "images": self.images,

@@ -52,12 +52,13 @@ def now() -> str:
 
 
 def result_record(spec, progress: dict, *, status: str, data: dict, run: dict, error: str | None = None,
-                  checkpoint: str | None = None, sha: str | None = None) -> dict:
+                  checkpoint: str | None = None, sha: str | None = None, evidence: dict | None = None) -> dict:
     """One result line. `progress`: curve, stage_log, elapsed, images, started (what the run measured);
     `data`: dataset_info, num_train, num_test; `run`: teacher_cell, teacher_mode, group,
     teacher_checkpoint_sha256, git, device, execution and the parallel layout (kd.engine.dist.provenance).
     The reported numbers (convention): top-1/top-5 of the last epoch (RepDistiller's) and of the best
-    epoch by top-1, ties to the later epoch (mdistiller's)."""
+    epoch by top-1, ties to the later epoch (mdistiller's). `evidence`: the fields predictions,
+    teacher_predictions and fidelity (kd.engine.member), added as given."""
     c, curve, elapsed = spec.cell, progress["curve"], progress["elapsed"]
     rec = {"schema": SCHEMA, "cell_id": spec.id, "dataset": c.dataset, "label": c.label, "student": c.student,
            "teacher": c.teacher, "recipe": spec.recipe.id, "seed": spec.seed, "status": status}
@@ -76,4 +77,5 @@ def result_record(spec, progress: dict, *, status: str, data: dict, run: dict, e
                versions=versions(), device=run.pop("device"), execution=run.pop("execution"),
                wall_s=round(elapsed, 3), images_per_s=round(progress["images"] / elapsed, 1) if elapsed else None,
                started=progress["started"], finished=now(), host=platform.node(), argv=sys.argv[1:], **layout)
+    rec.update(evidence or {})
     return rec

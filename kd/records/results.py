@@ -20,6 +20,12 @@ Record fields (schema 1):
     world_size, global_batch, per_rank_batch, sync_bn, dist_backend   the data-parallel layout (kd.engine.dist);
                                     1 process: world_size 1, per_rank_batch = global_batch, backend null
     lr_scaling, lr_factor           the recipe's LR rule for the global batch (kd.catalog.cells.Recipe.lr_factor)
+    predictions     {"file", "sha256"}: the predicted class of every test example at the last and the best
+                    epoch, with the labels (kd.records.predictions; file relative to this .jsonl's folder);
+                    absent on lines written before it existed
+    teacher_predictions   {"file", "sha256"}: the teacher's predictions (runs with a teacher)
+    fidelity        {"agreement", "kl", "epoch": "last"}: top-1 agreement with the teacher (%) and the mean
+                    KL(teacher || student) at T = 1 (nats) on the test set (runs with a teacher)
 Lines are never edited; a rerun is a new line. Readers skip (and report) lines that are not
 schema-1 records, so one torn or foreign line never hides the others. Tables, diffs and reports are derived from them.
 """
