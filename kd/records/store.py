@@ -24,10 +24,12 @@ import torch
 from torch import nn
 
 from kd.errors import KDError
+from kd.records.files import flock, open_write
 
 def store_root(override: str | os.PathLike | None = None) -> Path:
-    """Where checkpoints and resumable run states live (--store, KD_STORE, default ./checkpoints)."""
-    return Path(override or os.environ.get("KD_STORE", "checkpoints"))
+    """Where checkpoints and resumable run states live (--store, KD_STORE, default ./checkpoints; an
+    empty KD_STORE is unset, never the working directory)."""
+    return Path(override or os.environ.get("KD_STORE") or "checkpoints")
 
 
 def sha256_file(path: Path) -> str:
@@ -70,9 +72,14 @@ def atomic_write(path: Path, write) -> None:
 
 def _torch_save(obj, tmp: Path) -> None:
     """torch.save through a file object: a path would put the (unique) temporary name into the
-    archive, and the same weights would get another sha256."""
+    archive, and the same weights would get another sha256. torch's writer reports a failed write (a
+    full disk, `ulimit -f`) as a RuntimeError: raised here as the OSError it is."""
     with open(tmp, "wb") as f:
-        torch.save(obj, f)
+        try:
+            torch.save(obj, f)
+        except RuntimeError as e:            # e.g. "[enforce fail at inline_container.cc:671] . unexpected pos"
+            why = str(e).splitlines()[0].split("] ")[-1].strip(" .")[:120]
+            raise OSError(f"torch.save could not write the file ({why}: a full disk or a file-size limit)") from None
 
 
 def _write_sidecar(path: Path, digest: str, source: str) -> None:
@@ -146,6 +153,10 @@ def load_state(path: Path, digest: str, teacher_sha256: str | None = None, check
 
 # --- locks and writability -------------------------------------------------------------------------
 
+def lock_path(store: Path, cid: str, seed: int) -> Path:
+    return store / "runs" / safe_name(cid) / f"seed{seed}.lock"
+
+
 @contextlib.contextmanager
 def run_lock(store: Path, cid: str, seed: int):
     """Hold an exclusive lock on (cell, seed) in the store while the run trains. A second process
@@ -153,15 +164,15 @@ def run_lock(store: Path, cid: str, seed: int):
     and append a duplicate line). The lock goes with the process (flock), so a killed run leaves
     no stale lock; the lock file is removed on release (while still held; a process that opened
     the removed file notices that its file is no longer the lock file and opens it again)."""
-    path = store / "runs" / safe_name(cid) / f"seed{seed}.lock"
+    path = lock_path(store, cid, seed)
     while True:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = open_write(path, os.O_RDWR | os.O_CREAT, "lock file")
         except OSError as e:
             raise KDError(f"cannot write to the store {store}: {e.strerror or e}") from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            flock(fd, path, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
             raise KDError(f"{cid} seed {seed} is being trained by another process right now (lock {path}); "
@@ -183,8 +194,12 @@ def run_lock(store: Path, cid: str, seed: int):
 def check_writable(path: Path, what: str, folder: bool) -> None:
     """Refuse, before anything is trained, a folder (folder=True) or file that cannot be written:
     it is writable and of its kind, or it does not exist yet and its nearest existing ancestor is a
-    writable folder. A dangling link is refused (writing would create its target). Creates nothing."""
+    writable folder. A dangling link is refused (writing would create its target), and so is a file
+    that is a link (kd writes no file through a link: kd.records.files). Creates nothing."""
     p = Path(path).absolute()
+    if not folder and p.is_symlink():
+        raise KDError(f"cannot write the {what} {path}: it is a symbolic link (kd writes no file through a link; "
+                      f"remove it)")
     if p.exists() or p.is_symlink():
         kind_ok = p.is_dir() if folder else (p.is_file() and not p.is_dir())
         if not (kind_ok and os.access(p, os.W_OK)):
