@@ -265,6 +265,8 @@ def cmd_list(a):
         cells = {k: v for k, v in cells.items() if k in wanted}
     records = read_records(Path(a.results) if a.results else None)
     states: dict[str, dict[int, str]] = {}
+    if a.store is not None and (not a.store or Path(a.store).exists() and not Path(a.store).is_dir()):
+        raise KDError(f"--store {a.store!r}: not a folder (the checkpoint store, where submitted jobs are tracked)")
     if a.status:                     # runs' states, including submitted jobs and runs with overrides
         from kd.commands.jobs import run_states
         for (cid, seed), st in run_states(a.store, Path(a.results) if a.results else None).items():
@@ -557,7 +559,9 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:               # --help (0) or a usage error (2, one line: _Parser.error)
         return e.code if isinstance(e.code, int) else 2
     try:
-        return a.fn(a) or 0
+        code = a.fn(a) or 0
+        sys.stdout.flush()                # a closed pipe shows here, not at exit
+        return code
     except KDError as e:
         return _fail(e)
     except KeyboardInterrupt:

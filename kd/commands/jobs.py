@@ -190,8 +190,9 @@ def run_states(store, results=None) -> dict[tuple[str, int], dict]:
     jobs = [j for j in tracked_jobs(store) if out.get((j["cell_id"], j["seed"]), {}).get("state") != "done"]
     slurm = [j["job_id"] for j in jobs if j["cluster"] == "slurm"]
     raw, why = sacct_states(slurm)
-    _warn(why and f"{why}; the state of {len(slurm)} submitted run(s) is unknown (shown as unknown; they are "
-                  f"neither resubmitted nor trained here until sacct answers)")
+    if why:                       # once per call: each command asks sacct once
+        print(f"kd: warning: {why}; the state of {len(slurm)} submitted run(s) is unknown (shown as unknown; they "
+              f"are neither resubmitted nor trained here until sacct answers)", file=sys.stderr)
     for j in jobs:
         if j["cluster"] == "local":
             state, r = _local_state(j["job_id"])

@@ -69,6 +69,7 @@ class SlurmOptions:
 _TYPES = {"partition": str, "account": str, "qos": str, "gpus_per_job": int, "cpus_per_task": int,
           "mem_gb": (int, float), "time_min": int, "max_requeue": int, "array_parallelism": int,
           "signal_delay_s": int, "setup": (list, tuple), "sbatch": dict}
+_TYPE_NAMES = {(int, float): "a number", (list, tuple): "a list of lines", dict: "a mapping (flag: value)"}
 _FLAG = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,63}$")
 # sbatch flags kd or submitit write themselves (or that have an option of their own above): never from --sbatch
 RESERVED = {"output", "error", "open-mode", "array", "dependency", "kill-on-invalid-dep", "signal", "job-name",
@@ -88,6 +89,8 @@ def slurm_options(config: str | os.PathLike | None = None, **flags) -> SlurmOpti
     data: dict = {}
     if config:
         from kd.catalog.cells import read_yaml
+        if not Path(config).is_file():
+            raise KDError(f"--slurm-config {config}: no such file (or not a regular file)")
         data = read_yaml(Path(config))
     data.update({k: v for k, v in flags.items() if v is not None and v != {}})
     where = str(config) if config else "slurm options"
@@ -98,7 +101,7 @@ def slurm_options(config: str | os.PathLike | None = None, **flags) -> SlurmOpti
     for k, v in data.items():
         t = _TYPES[k]
         if v is not None and (not isinstance(v, t) or isinstance(v, bool) and t is not dict):
-            raise KDError(f"{where}: {k} must be {getattr(t, '__name__', 'a number or list')}, got {str(v)[:60]!r}")
+            raise KDError(f"{where}: {k} must be {_TYPE_NAMES.get(t, getattr(t, '__name__', t))}, got {str(v)[:60]!r}")
     _check_ranges(data, where)
     _check_text(data, where)
     if "setup" in data:

@@ -197,7 +197,7 @@ def _cached_folder(d: Path, size: int | None):
     """Decode once, cache as .npz under $KD_CACHE (default ~/.cache/kd) keyed by path, names and mtimes."""
     files = sorted(str(p.relative_to(d)) + str(p.stat().st_mtime_ns) for p in d.rglob("*") if p.is_file())
     key = hashlib.sha256(("\n".join(files) + f"|{size}").encode()).hexdigest()[:16]
-    cache = Path(os.environ.get("KD_CACHE", Path.home() / ".cache" / "kd")) / f"{d.parent.name}_{d.name}_{key}.npz"
+    cache = Path(os.environ.get("KD_CACHE") or Path.home() / ".cache" / "kd") / f"{d.parent.name}_{d.name}_{key}.npz"
     if cache.is_file():
         hit = _read_cache(cache)
         if hit is not None:

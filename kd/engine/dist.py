@@ -126,8 +126,13 @@ def _from_submitit() -> None:
     if "WORLD_SIZE" in os.environ or not os.environ.get("SUBMITIT_EXECUTOR"):
         return
     import submitit
-    if submitit.JobEnvironment().num_tasks > 1:
-        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    try:
+        env = submitit.JobEnvironment()
+        if env.num_tasks > 1:
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    except (KeyError, ValueError, RuntimeError) as e:
+        raise KDError(f"SUBMITIT_EXECUTOR={os.environ['SUBMITIT_EXECUTOR']!r} in the environment, but this process is "
+                      f"not a submitit job ({type(e).__name__}: {e}); unset it") from None
 
 
 def check_batch(batch_size: int, size: int, num_train: int | None = None) -> None:

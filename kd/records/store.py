@@ -8,7 +8,8 @@ sidecars, resumable run states, and the locks that keep two processes from train
 
 Every file is written to a temporary file unique to the writing process, in the same folder, and
 moved into place with os.replace, so a reader never sees half a file and two writers never share
-a temporary file. A resume state carries a digest of the resolved configuration (config_digest);
+a temporary file. (torch is imported where it is used: `kd list --status` reads the store without it.)
+A resume state carries a digest of the resolved configuration (config_digest);
 (kd.catalog.spec.RunSpec.digest); a state whose digest differs from the run's is refused, never resumed with other settings.
 """
 from __future__ import annotations
@@ -19,9 +20,6 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
-
-import torch
-from torch import nn
 
 from kd.errors import KDError
 from kd.records.files import flock, open_write
@@ -74,6 +72,7 @@ def _torch_save(obj, tmp: Path) -> None:
     """torch.save through a file object: a path would put the (unique) temporary name into the
     archive, and the same weights would get another sha256. torch's writer reports a failed write (a
     full disk, `ulimit -f`) as a RuntimeError: raised here as the OSError it is."""
+    import torch
     with open(tmp, "wb") as f:
         try:
             torch.save(obj, f)
@@ -86,7 +85,7 @@ def _write_sidecar(path: Path, digest: str, source: str) -> None:
     atomic_write(path.with_suffix(".sha256"), lambda t: t.write_text(f"{digest}  {source}\n"))
 
 
-def save_checkpoint(model: nn.Module, path: Path, source: str = "trained") -> str:
+def save_checkpoint(model: "torch.nn.Module", path: Path, source: str = "trained") -> str:
     """Plain state_dict + a sidecar with its sha256; returns the sha256."""
     sd = {k: v.contiguous() for k, v in model.state_dict().items()}   # canonical layout: the bytes (and
     atomic_write(path, lambda t: _torch_save(sd, t))                   # sha256) do not depend on channels_last
@@ -137,8 +136,13 @@ def load_state(path: Path, digest: str, teacher_sha256: str | None = None, check
     if not path.is_file():
         return None
     start_over = f"to start over, delete it: rm '{path}'"
+    import warnings
+
+    import torch
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():      # torch's note on a foreign pickle protocol: not a second line
+            warnings.simplefilter("ignore", UserWarning)
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - truncated, foreign or malicious: one refusal
         raise KDError(f"{path}: unreadable resume state ({type(e).__name__}); {start_over}") from None
     if not isinstance(state, dict) or not isinstance(state.get("config_digest"), str):
