@@ -84,7 +84,8 @@ def _printable(v) -> bool:
 
 
 def slurm_options(config: str | os.PathLike | None = None, **flags) -> SlurmOptions:
-    """Options from a YAML file, then flags (a flag given wins). Unknown, mistyped or out-of-range
+    """Options from a YAML file, then flags (a flag given wins; --sbatch flags add to the file's). Unknown,
+    mistyped or out-of-range
     keys, and any value that could add a line to the job script: one-line error."""
     data: dict = {}
     if config:
@@ -92,7 +93,10 @@ def slurm_options(config: str | os.PathLike | None = None, **flags) -> SlurmOpti
         if not Path(config).is_file():
             raise KDError(f"--slurm-config {config}: no such file (or not a regular file)")
         data = read_yaml(Path(config))
-    data.update({k: v for k, v in flags.items() if v is not None and v != {}})
+    flags = {k: v for k, v in flags.items() if v is not None and v != {}}
+    if isinstance(data.get("sbatch"), dict) and isinstance(flags.get("sbatch"), dict):
+        flags["sbatch"] = {**data["sbatch"], **flags["sbatch"]}      # --sbatch adds to the file's flags
+    data.update(flags)
     where = str(config) if config else "slurm options"
     valid = [f.name for f in fields(SlurmOptions)]
     unknown = sorted(set(data) - set(valid))
