@@ -176,14 +176,16 @@ def _executor_flags(p: argparse.ArgumentParser):
     g.add_argument("--cpus-per-task", type=int, help="CPUs per task (one task per GPU)")
     g.add_argument("--mem-gb", type=float), g.add_argument("--time-min", type=int, help="time limit per job")
     g.add_argument("--sbatch", action="append", metavar="KEY=VALUE", help="extra sbatch flag (repeatable)")
+    g.add_argument("--group-jobs", action="store_true", help="the runs that share a teacher (and dataset, recipe, seed) "
+                   "go in one job and train together, one teacher forward per batch; default: one job per run")
 
 
 def _submit(a, cells, seeds, ov) -> bool:
     """--executor slurm: submit and return True; local: False."""
     if a.executor != "slurm":
         given = [f"--{k.replace('_', '-')}" for k in ("slurm_config", "partition", "account", "qos", "gpus_per_job",
-                                                      "cpus_per_task", "mem_gb", "time_min", "sbatch")
-                 if getattr(a, k) is not None]
+                                                      "cpus_per_task", "mem_gb", "time_min", "sbatch", "group_jobs")
+                 if getattr(a, k) not in (None, False)]
         if given:
             raise KDError(f"{', '.join(given)}: Slurm options, used only with --executor slurm")
         return False
@@ -191,7 +193,8 @@ def _submit(a, cells, seeds, ov) -> bool:
     settings = {"mode": a.mode, "channels_last": False if a.no_channels_last else None,
                 "force": getattr(a, "force", False), "tensorboard": a.tensorboard}
     submit_cells(cells, seeds, {k: v for k, v in ov.items() if v is not None}, options_from_args(a),
-                 data_root=a.data_root, store=a.store, results_dir=a.results, device=a.device, settings=settings)
+                 data_root=a.data_root, store=a.store, results_dir=a.results, device=a.device, settings=settings,
+                 group_jobs=a.group_jobs)
     return True
 
 

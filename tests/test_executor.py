@@ -387,3 +387,30 @@ def test_a_shared_filesystem_without_flock_is_one_line_before_submitting(tmp_pat
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "does not support file locks" in err
     assert not (tmp_path / "store").exists() and not (slurm / "count").exists()
+
+
+def test_a_grouped_column_is_one_job_that_trains_its_runs_together(tmp_path, slurm, monkeypatch, capsys):
+    """--group-jobs: the runs that can share a teacher forward are one Slurm task (GroupRun), which calls
+    kd.engine.run with group=True; a run already recorded is left out of it; each run is tracked."""
+    import kd.engine
+    from kd.commands.slurm import GroupRun
+    from kd.engine.teacher import build_model
+    from kd.records.results import append_record
+    from kd.records.store import checkpoint_path, save_checkpoint
+    store, results = tmp_path / "store", tmp_path / "results"
+    save_checkpoint(build_model("tiny_t", 10), checkpoint_path("digits-sub400/baseline/tiny_t/digits", 0, store))
+    assert _kd(["table", TABLE, "--executor", "slurm", "--group-jobs", "--epochs", "6", "--store", store,
+                "--results", results]) == 0
+    assert "3 runs in 1 grouped jobs, job 1001" in capsys.readouterr().out
+    (job,) = _submitted(store).values()
+    assert isinstance(job, GroupRun) and len(job.cells) == 3 and job.overrides == {"epochs": 6}
+    assert {json.loads(f.read_text())["job_id"] for f in (store / "jobs").glob("*.json")} == {"1001"}
+    append_record({"schema": 1, "cell_id": f"{STUDENT}~epochs=6", "seed": 0, "status": "ok", "top1_last": 50.0,
+                   "top5_last": 90.0, "top1_best": 50.0, "top5_best": 90.0, "best_epoch": 1}, results / "digits.jsonl")
+    seen = {}
+    monkeypatch.setattr(kd.engine, "run", lambda specs, env, group: seen.update(ids=[s.id for s in specs], group=group,
+                                                                                   env=env) or ([], []))
+    out = job()
+    assert seen["group"] is True and len(seen["ids"]) == 2 and f"{STUDENT}~epochs=6" not in seen["ids"]
+    assert out["skipped"] == [STUDENT] and seen["env"].store == str(store)
+    assert _kd(["run", STUDENT, "--group-jobs"]) == 2                  # a Slurm option without --executor slurm

@@ -5,7 +5,9 @@ same `kd.engine.run_cell` as the in-process path with every setting the command 
 and --precision, --device, --mode, --no-channels-last, --force, --tensorboard: CellRun), so a job
 appends exactly the result line the in-process run would (the results folder takes concurrent
 writers, kd.records.results.append_record). A job whose (cell, seed) already has an ok line trains
-nothing (a double submission writes nothing), unless --force.
+nothing (a double submission writes nothing), unless --force. With group_jobs (`--group-jobs`), the
+runs that can train together (one teacher, dataset, recipe and seed) are one task instead (GroupRun:
+kd.engine.run with group=True, one teacher forward per batch).
 
 Order: the teacher runs that students need (and that are not stored yet) go first, as one array;
 the students that need them follow in arrays submitted with `--dependency=afterok:<teacher tasks>`
@@ -164,35 +166,29 @@ def parse_sbatch_flags(items: list[str] | None) -> dict:
     return out
 
 
-class CellRun(submitit.helpers.Checkpointable):
-    """One (cell, seed) run as a Slurm task: `kd.engine.run_cell` with every setting `kd run` was given
-    (overrides, precision among them, device, --mode, --no-channels-last, --force, --tensorboard). A run
-    that already has an ok result line is not trained again (a double submission writes nothing)
-    unless force."""
+class _Job(submitit.helpers.Checkpointable):
+    """What CellRun and GroupRun share: the settings, the execution, TensorBoard, the skip of recorded runs."""
 
-    def __init__(self, cell: str, seed: int, overrides: dict, data_root: str | None, store: str,
-                 results_dir: str, device: str | None = None, mode: str | None = None,
-                 channels_last: bool | None = None, force: bool = False, tensorboard: str | None = None):
-        self.cell, self.seed, self.overrides = cell, seed, dict(overrides)
+    def _settings(self, seed: int, overrides: dict, data_root, store, results_dir, device, mode, channels_last,
+                  force: bool, tensorboard) -> None:
+        self.seed, self.overrides = seed, dict(overrides)
         self.data_root, self.store, self.results_dir, self.device = data_root, store, results_dir, device
         self.mode, self.channels_last, self.force, self.tensorboard = mode, channels_last, force, tensorboard
 
-    def __call__(self) -> dict | None:
+    def _todo(self, cells: list[str]) -> list:
+        """The runs of `cells` (RunSpecs) to train: those without an ok line (all with force), said."""
         from kd.catalog.cells import find_cell
         from kd.catalog.spec import RunSpec
-        from kd.engine import run_cell
         from kd.records.results import recorded_seeds
-        cell = find_cell(self.cell)
-        cid = RunSpec.of(cell, self.seed, self.overrides).id
-        if not self.force and self.seed in recorded_seeds(cid, self.results_dir):
-            print(f"{cid} seed {self.seed}: already recorded under {self.results_dir}; not trained again")
-            return {"cell_id": cid, "seed": self.seed, "skipped": "already recorded"}
-        if self.tensorboard:
+        specs = [RunSpec.of(find_cell(c), self.seed, self.overrides) for c in cells]
+        todo = [s for s in specs if self.force or s.seed not in recorded_seeds(s.id, self.results_dir)]
+        for s in specs:
+            if s not in todo:
+                print(f"{s.id} seed {s.seed}: already recorded under {self.results_dir}; not trained again")
+        if todo and self.tensorboard:
             from kd.records.log import configure
             configure(tensorboard=self.tensorboard)
-        rec = run_cell(cell, self.seed, device=self.device, overrides=self.overrides, data_root=self.data_root,
-                       store=self.store, results_dir=self.results_dir, progress=False, execution=self._execution())
-        return None if rec is None else {k: rec.get(k) for k in ("cell_id", "seed", "top1_last", "world_size")}
+        return todo
 
     def _execution(self):
         """--mode / --no-channels-last on the job's device (None: that device's default)."""
@@ -204,9 +200,57 @@ class CellRun(submitit.helpers.Checkpointable):
         return resolve(dev, self.mode, self.channels_last)
 
     def checkpoint(self, *args, **kwargs):
-        """Time limit or preemption: resubmit the same run. Nothing needs pickling: the run resumes
+        """Time limit or preemption: resubmit the same job. Nothing needs pickling: each run resumes
         from the per-epoch state it wrote under the store."""
-        return submitit.helpers.DelayedSubmission(CellRun(**vars(self)))
+        return submitit.helpers.DelayedSubmission(type(self)(**vars(self)))
+
+
+class CellRun(_Job):
+    """One (cell, seed) run as a Slurm task: `kd.engine.run_cell` with every setting `kd run` was given
+    (overrides, precision among them, device, --mode, --no-channels-last, --force, --tensorboard). A run
+    that already has an ok result line is not trained again (a double submission writes nothing)
+    unless force."""
+
+    def __init__(self, cell: str, seed: int, overrides: dict, data_root: str | None, store: str,
+                 results_dir: str, device: str | None = None, mode: str | None = None,
+                 channels_last: bool | None = None, force: bool = False, tensorboard: str | None = None):
+        self.cell = cell
+        self._settings(seed, overrides, data_root, store, results_dir, device, mode, channels_last, force, tensorboard)
+
+    def __call__(self) -> dict | None:
+        from kd.engine import run_cell
+        todo = self._todo([self.cell])
+        if not todo:
+            from kd.catalog.cells import find_cell
+            from kd.catalog.spec import RunSpec
+            return {"cell_id": RunSpec.of(find_cell(self.cell), 0, self.overrides).id, "seed": self.seed,
+                    "skipped": "already recorded"}
+        rec = run_cell(todo[0].cell, self.seed, device=self.device, overrides=self.overrides, data_root=self.data_root,
+                       store=self.store, results_dir=self.results_dir, progress=False, execution=self._execution())
+        return None if rec is None else {k: rec.get(k) for k in ("cell_id", "seed", "top1_last", "world_size")}
+
+
+class GroupRun(_Job):
+    """Runs of one seed that share a teacher (and dataset and recipe), as one Slurm task: kd.engine.run
+    with group=True trains them together, the teacher's forward once per batch for all of them (the
+    speed-up of `kd table` on one machine, kd.engine.grouping), each with its own result line exactly as
+    alone. Runs already recorded are left out (unless force)."""
+
+    def __init__(self, cells: list[str], seed: int, overrides: dict, data_root: str | None, store: str,
+                 results_dir: str, device: str | None = None, mode: str | None = None,
+                 channels_last: bool | None = None, force: bool = False, tensorboard: str | None = None):
+        self.cells = list(cells)
+        self._settings(seed, overrides, data_root, store, results_dir, device, mode, channels_last, force, tensorboard)
+
+    def __call__(self) -> dict:
+        from kd.engine import Env, run
+        todo = self._todo(self.cells)
+        env = Env(self.data_root, self.store, self.results_dir, self.device, self._execution(), progress=False)
+        records, errors = run(todo, env, group=True) if todo else ([], [])
+        if errors:
+            raise KDError("; ".join(errors))
+        return {"seed": self.seed, "trained": [r["cell_id"] for r in records],
+                "skipped": [s for s in self.cells if s not in {t.cell.id for t in todo}]}
 
 
 # --- planning and submission ------------------------------------------------------------------
@@ -217,6 +261,7 @@ class Task:
     cid: str                     # the id its result line carries
     seed: int
     needs: tuple = ()            # (teacher cid, teacher seed) it must wait for, if not stored
+    share: tuple = ()            # (dataset, recipe id, teacher cid or None): runs that can train together
 
 
 def plan_tasks(cells, seeds: list[int], overrides: dict, store) -> list[Task]:
@@ -234,7 +279,8 @@ def plan_tasks(cells, seeds: list[int], overrides: dict, store) -> list[Task]:
         if tspec is not None and not stored:
             needs = (tspec.key,)
             teachers.setdefault(needs[0], Task(tspec.cell, tspec.id, tspec.seed))     # a registered cell (load_cells)
-        rest += [Task(cell, spec.id, s, needs) for s in dict.fromkeys(seeds)]
+        share = (cell.dataset, spec.recipe.id, tspec.id if tspec is not None else None)
+        rest += [Task(cell, spec.id, s, needs, share) for s in dict.fromkeys(seeds)]
     rest = [t for t in rest if (t.cid, t.seed) not in teachers]
     return list(teachers.values()) + rest
 
@@ -336,11 +382,12 @@ def _order_tasks(tasks: list[Task], states: dict, log, force: bool = False) -> t
 
 
 def submit(tasks: list[Task], overrides: dict, opts: SlurmOptions, *, cluster: str = "slurm", data_root=None,
-           store=None, results_dir=None, device=None, settings: dict | None = None, log=print
-           ) -> list[tuple[Task, "submitit.Job"]]:
+           store=None, results_dir=None, device=None, settings: dict | None = None, group_jobs: bool = False,
+           log=print) -> list[tuple[Task, "submitit.Job"]]:
     """Submit every task not done, queued, running or of unknown state; returns [(task, submitit job)].
     Teachers first, and their students depend on them (Slurm), or wait for them here (cluster 'local',
-    for tests). `settings`: CellRun's mode, channels_last, force, tensorboard. Refusals come before
+    for tests). `settings`: CellRun's mode, channels_last, force, tensorboard. group_jobs: the runs that
+    can train together go in one job each (GroupRun), else one job per run. Refusals come before
     anything is written; a failed sbatch leaves no file behind."""
     settings = dict(settings or {})
     tb = settings.get("tensorboard")
@@ -359,27 +406,32 @@ def submit(tasks: list[Task], overrides: dict, opts: SlurmOptions, *, cluster: s
             job_of = {k: v["job_id"] for k, v in states.items() if v["state"] in ACTIVE and v["job_id"]}
             first, groups = _order_tasks(tasks, states, log, settings.get("force", False))
 
-            def send(batch: list[Task], dependency: list[str]):
+            def send(batch: list[Task], dependency: list[str], grouped: bool = False):
                 ex = _executor(cluster, folder, opts, dependency)
-                runs = [CellRun(t.cell.id, t.seed, overrides, str(paths["data root"]) if data_root else None,
-                                str(store_p), str(results_p), device, **settings) for t in batch]
+                units = _units(batch, grouped)
+                common = (overrides, str(paths["data root"]) if data_root else None, str(store_p), str(results_p),
+                          device)
+                runs = [CellRun(u[0].cell.id, u[0].seed, *common, **settings) if len(u) == 1 else
+                        GroupRun([t.cell.id for t in u], u[0].seed, *common, **settings) for u in units]
                 before = set((jdir / "submitit").iterdir()) if (jdir / "submitit").is_dir() else set()
                 try:
                     jobs = _submit_array(ex, runs)
                 except KDError:
                     _undo(jdir, before, created and not submitted)
                     raise
-                for t, j in zip(batch, jobs):           # tracked only once sbatch gave a job id
-                    write_job(store_p, t.cid, t.seed, {
-                        "job_id": j.job_id, "cluster": cluster, "cell_id": t.cid, "cell": t.cell.id, "seed": t.seed,
-                        "overrides": overrides, "settings": {"device": device, **settings}, "depends_on": dependency,
-                        "log_folder": str(folder), "gpus": opts.gpus_per_job,
-                        "submitted": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
-                    job_of[(t.cid, t.seed)] = j.job_id
-                    submitted.append((t, j))
+                for unit, j in zip(units, jobs):        # tracked only once sbatch gave a job id
+                    for t in unit:
+                        write_job(store_p, t.cid, t.seed, {
+                            "job_id": j.job_id, "cluster": cluster, "cell_id": t.cid, "cell": t.cell.id, "seed": t.seed,
+                            "overrides": overrides, "settings": {"device": device, **settings},
+                            "depends_on": dependency, "group": [x.cid for x in unit] if len(unit) > 1 else None,
+                            "log_folder": str(folder), "gpus": opts.gpus_per_job,
+                            "submitted": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")})
+                        job_of[(t.cid, t.seed)] = j.job_id
+                        submitted.append((t, j))
                 return jobs
 
-            _send_all(first, groups, send, job_of, cluster, log)
+            _send_all(first, groups, send, job_of, cluster, log, group_jobs)
     except KDError:
         if created and not submitted:
             _undo(jdir, set(), True)
@@ -387,7 +439,22 @@ def submit(tasks: list[Task], overrides: dict, opts: SlurmOptions, *, cluster: s
     return submitted
 
 
-def _send_all(first: list[Task], groups: dict, send, job_of: dict, cluster: str, log) -> None:
+def _units(batch: list[Task], grouped: bool) -> list[list[Task]]:
+    """The jobs a batch becomes: one per task, or (grouped) one per set of runs that can train together
+    (kd.engine.grouping decides in the job): the same dataset, recipe and seed and the same teacher; a run
+    without a teacher joins such a set of its dataset, recipe and seed."""
+    if not grouped:
+        return [[t] for t in batch]
+    units: dict[tuple, list[Task]] = {}
+    for t in sorted(batch, key=lambda t: t.share[2] is None):       # runs with a teacher first
+        key = (*t.share, t.seed)
+        if t.share[2] is None:
+            key = next((k for k in units if k[:2] == t.share[:2] and k[3] == t.seed), key)
+        units.setdefault(key, []).append(t)
+    return list(units.values())
+
+
+def _send_all(first: list[Task], groups: dict, send, job_of: dict, cluster: str, log, group_jobs: bool) -> None:
     sent = 0
     if first:
         jobs = send(first, [])
@@ -399,9 +466,10 @@ def _send_all(first: list[Task], groups: dict, send, job_of: dict, cluster: str,
                     raise KDError(f"teacher run {t.cid} seed {t.seed} failed (job {j.job_id}); see {j.paths.stderr}")
     for needs, batch in groups.items():
         dependency = [job_of[n] for n in needs if n in job_of]
-        jobs = send(batch, dependency if cluster == "slurm" else [])
+        jobs = send(batch, dependency if cluster == "slurm" else [], group_jobs)
         sent += len(jobs)
-        log(f"{len(batch)} runs, job {_array_id(jobs)}"
+        log(f"{len(batch)} runs" + (f" in {len(jobs)} grouped jobs" if len(jobs) < len(batch) else "")
+            + f", job {_array_id(jobs)}"
             + (f" (afterok:{':'.join(dependency)})" if dependency and cluster == "slurm" else ""))
     if not sent:
         log("nothing to submit")
