@@ -517,3 +517,17 @@ def test_a_damaged_image_cache_is_said_and_rebuilt(tmp_path, capsys, monkeypatch
     assert np.load(caches[0])["x"].shape[0] == 4                              # rebuilt: read without a word
     image_folder(tmp_path / "imgs", "x", size=8)
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("target", ["per-epoch log", "lock file"])
+def test_a_link_among_the_folders_kd_makes_is_refused_too(tmp_path, capsys, target):
+    """curves/<run>/ and runs/<run>/ are made by kd: a link planted there would carry the file out."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    store, res = tmp_path / "store", tmp_path / "res"
+    folder = {"per-epoch log": res / "curves", "lock file": store / "runs"}[target]
+    folder.parent.mkdir(parents=True)
+    folder.symlink_to(elsewhere, target_is_directory=True)
+    code, _, err = _kd(capsys, "run", STUDENT, "--epochs", "1", "--no-progress", "--store", store, "--results", res)
+    _one_line(code, err, "leads out of it")
+    assert list(elsewhere.iterdir()) == []

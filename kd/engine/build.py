@@ -8,7 +8,7 @@ from kd.engine import dist
 from kd.engine.distiller import Distiller
 from kd.engine.member import Member
 from kd.engine.teacher import Teachers, teacher_mode, teacher_run
-from kd.records.files import probe_locks
+from kd.records.files import check_inside, probe_locks
 from kd.records.log import csv_path
 from kd.records.results import results_file, results_root
 from kd.records.store import check_writable, load_state, lock_path, run_lock, state_path
@@ -28,8 +28,10 @@ def validate(specs: list, env) -> None:
         teacher_mode(spec.cell)
         dist.check_batch(spec.recipe.batch_size, dist.world().size)
         check_writable(results_file(spec.cell.dataset, env.results), "results file", folder=False)
-        check_writable(csv_path(spec.id, spec.seed, env.results), "per-epoch log", folder=False)
-        check_writable(lock_path(env.store, spec.id, spec.seed), "lock file", folder=False)
+        for path, root, what in ((csv_path(spec.id, spec.seed, env.results), results_root(env.results), "per-epoch log"),
+                                 (lock_path(env.store, spec.id, spec.seed), env.store, "lock file")):
+            check_writable(path, what, folder=False)
+            check_inside(path, root, what)
         load_state(state_path(spec.id, spec.seed, env.store), spec.digest)
 
 

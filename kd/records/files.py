@@ -2,7 +2,9 @@
 
 - Writes (result lines, locks, per-epoch CSVs) never go through a symbolic link: the last part of the
   path is opened with O_NOFOLLOW, so a link planted where a file will be written is refused in one
-  line instead of creating or growing whatever it points to. Only regular files are written.
+  line instead of creating or growing whatever it points to, and the folders kd makes below the
+  results folder and the store (curves/<run>/, runs/<run>/) must not lead out of it (check_inside).
+  Only regular files are written.
 - Reads of result lines and job files take regular files only (a FIFO or /dev/zero named *.jsonl
   would hang or exhaust memory) and at most `MAX_READ` bytes of one file.
 - A filesystem without working `flock` (some network filesystems) is one line that says so, before
@@ -43,6 +45,22 @@ def open_write(path: Path, flags: int = os.O_WRONLY | os.O_CREAT, what: str = "f
         raise KDError(f"refusing to write the {what} {path}: not a regular file")
     fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~os.O_NONBLOCK)
     return fd
+
+
+def check_inside(path: Path, root: Path, what: str = "file") -> None:
+    """Refuse, in one line, a path whose folders below `root` (which kd creates: curves/<run>/,
+    runs/<run>/) lead out of it through a symbolic link. `root` itself may be a link (the user's choice)."""
+    try:
+        parent, base = Path(path).parent, Path(root).resolve()
+        q = parent
+        while not q.exists() and q != q.parent:
+            q = q.parent
+        q = q.resolve()
+    except (OSError, RuntimeError):
+        raise KDError(f"refusing to write the {what} {path}: its folder cannot be resolved (a link loop?)") from None
+    if q != base and base not in q.parents and q not in base.parents:     # (an ancestor: nothing made yet)
+        raise KDError(f"refusing to write the {what} {path}: a symbolic link under {root} leads out of it (to {q}); "
+                      f"remove it")
 
 
 def flock(fd: int, path: Path, operation: int) -> None:

@@ -91,8 +91,12 @@ class EpochLog:
 
     @classmethod
     def for_run(cls, cid: str, seed: int, results_dir, progress: bool, total: int, done: int) -> "EpochLog":
-        """The logger of run (cid, seed): its per-epoch CSV under <results>/curves/."""
-        return cls(cid, seed, total, done, progress, csv_path(cid, seed, results_dir), _CONFIG["tensorboard"])
+        """The logger of run (cid, seed): its per-epoch CSV under <results>/curves/ (no link out of it)."""
+        from kd.records.files import check_inside
+        from kd.records.results import results_root
+        path = csv_path(cid, seed, results_dir)
+        check_inside(path, results_root(results_dir), "per-epoch log")
+        return cls(cid, seed, total, done, progress, path, _CONFIG["tensorboard"])
 
     def _csv_row(self, row, truncate: bool = False) -> None:
         """One CSV row (the header with truncate=True), never through a symbolic link (refused in one

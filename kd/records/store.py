@@ -22,7 +22,7 @@ import tempfile
 from pathlib import Path
 
 from kd.errors import KDError
-from kd.records.files import flock, open_write
+from kd.records.files import check_inside, flock, open_write
 
 def store_root(override: str | os.PathLike | None = None) -> Path:
     """Where checkpoints and resumable run states live (--store, KD_STORE, default ./checkpoints; an
@@ -169,6 +169,7 @@ def run_lock(store: Path, cid: str, seed: int):
     no stale lock; the lock file is removed on release (while still held; a process that opened
     the removed file notices that its file is no longer the lock file and opens it again)."""
     path = lock_path(store, cid, seed)
+    check_inside(path, store, "lock file")
     while True:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
