@@ -21,8 +21,9 @@ class _Parser(argparse.ArgumentParser):
         raise SystemExit(2)
 
 
-def _device(name: str | None) -> str | None:
-    """A device this machine has: cpu, cuda[:k] (with a GPU k), mps; None picks cuda when available."""
+def _device(name: str | None, here: bool = True) -> str | None:
+    """A device this machine has: cpu, cuda[:k] (with a GPU k), mps; None picks cuda when available.
+    here=False (a job for another machine): only the name is checked."""
     if name is None:
         return None
     import torch
@@ -30,6 +31,10 @@ def _device(name: str | None) -> str | None:
         d = torch.device(name)
     except (RuntimeError, ValueError, TypeError):
         raise KDError(f"--device {name!r}: not a device; use cpu, cuda, cuda:1 ...") from None
+    if not here:
+        if d.type not in ("cpu", "cuda", "mps"):
+            raise KDError(f"--device {name}: unsupported device type '{d.type}'; use cpu, cuda or mps")
+        return name
     if d.type == "cuda":
         n = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if n == 0:
@@ -44,20 +49,61 @@ def _device(name: str | None) -> str | None:
     return name
 
 
-def _check_run_args(a) -> dict:
-    """Seeds, device and overrides of `kd run` / `kd table`, checked before anything runs."""
-    from kd.catalog.cells import FieldError, check_override, check_seed
-    for seed in a.seed:
-        check_seed(seed, "--seed")
-    a.device = _device(a.device)
-    ov = {k: v for k, v in {"epochs": a.epochs, "batch_size": a.batch_size, "lr": a.lr, "subset": a.subset,
-                            "precision": getattr(a, "precision", None)}.items() if v is not None}
+OVERRIDES = {"epochs": (int, "override: epochs (milestones scale); recorded as another recipe"),
+             "batch_size": (int, "override: batch size"), "lr": (float, "override: learning rate"),
+             "subset": (int, "override: train on a seeded subset of N images"),
+             "precision": (None, "override: bf16 autocast (its results carry another recipe id, never mixed with fp32)")}
+
+
+def _override_flags(p: argparse.ArgumentParser, names=tuple(OVERRIDES), help_suffix: str = ""):
+    """The override flags of run, table, bench and bench-group: one declaration, one validator (_overrides)."""
+    for name in names:
+        typ, text = OVERRIDES[name]
+        flag = "--" + name.replace("_", "-")
+        if typ is None:
+            p.add_argument(flag, choices=["fp32", "bf16"], help=text + help_suffix)
+        else:
+            p.add_argument(flag, type=typ, help=text + help_suffix)
+
+
+def _overrides(a) -> dict:
+    """The override flags given (None: not given; 0 is given, and refused), each checked."""
+    from kd.catalog.cells import FieldError, check_override
+    ov = {k: getattr(a, k) for k in OVERRIDES if getattr(a, k, None) is not None}
     for k, v in ov.items():
         try:
             check_override(k, v)
         except FieldError as e:
             raise KDError(f"--{k.replace('_', '-')}: {e}") from None
     return ov
+
+
+def _check_run_args(a) -> dict:
+    """Seeds, device, overrides, environment and folders of `kd run` / `kd table`, checked before anything runs."""
+    from kd.catalog.cells import check_seed
+    from kd.engine.dist import environment
+    for seed in a.seed:
+        check_seed(seed, "--seed")
+    slurm = getattr(a, "executor", "local") == "slurm"
+    a.device = _device(a.device, here=not slurm)
+    if not slurm:
+        environment()
+    _check_folders(a)
+    return _overrides(a)
+
+
+def _check_folders(a) -> None:
+    """--store, --results, --data-root and --tensorboard: names without control characters, and the
+    store and results folders writable (the results folder of a reading command: a folder)."""
+    from kd.records.store import check_writable, store_root
+    from kd.records.results import results_root
+    for flag in ("store", "results", "data_root", "tensorboard"):
+        v = getattr(a, flag, None)
+        if v is not None and (not v or any(ord(c) < 32 or ord(c) == 127 for c in v)):
+            raise KDError(f"--{flag.replace('_', '-')} {v!r}: not a folder name (empty, or a control character)")
+    if hasattr(a, "store"):
+        check_writable(store_root(a.store), "checkpoint store", folder=True)
+    check_writable(results_root(a.results), "results folder", folder=True)
 
 
 def _common(p: argparse.ArgumentParser):
@@ -91,10 +137,32 @@ def _execution(a):
     return resolve(dev, a.mode, False if a.no_channels_last else None)
 
 
+def _at_least(a, low: int, *flags: str) -> None:
+    for flag in flags:
+        v = getattr(a, flag)
+        if v is not None and v < low:
+            raise KDError(f"--{flag.replace('_', '-')} {v}: must be a whole number >= {low}")
+
+
+def _check_speed_args(a, speed_file: str) -> None:
+    """What kd bench and kd bench-group share: the device (this machine's), --threads, the folders and
+    the speed file they append to, checked before anything is timed."""
+    from kd.records.results import results_root
+    from kd.records.store import check_writable
+    a.device = _device(a.device)
+    _at_least(a, 1, "threads")
+    _check_folders(a)
+    check_writable(results_root(a.results) / "speed" / speed_file, "speed file", folder=False)
+
+
 def cmd_bench(a):
     from kd.commands.bench import bench
+    _at_least(a, 1, "steps", "rounds")
+    _at_least(a, 0, "warmup", "workers")
+    _check_speed_args(a, "bench.jsonl")
+    ov = _overrides(a)
     bench(a.cell, modes=a.modes, device=a.device, steps=a.steps, warmup=a.warmup, rounds=a.rounds,
-          threads=a.threads, batch_size=a.batch_size, repdistiller=a.repdistiller, workers=a.workers,
+          threads=a.threads, batch_size=ov.get("batch_size"), repdistiller=a.repdistiller, workers=a.workers,
           results=a.results, channels_last=not a.no_channels_last, data_root=a.data_root)
 
 
@@ -108,28 +176,37 @@ def _executor_flags(p: argparse.ArgumentParser):
     g.add_argument("--cpus-per-task", type=int, help="CPUs per task (one task per GPU)")
     g.add_argument("--mem-gb", type=float), g.add_argument("--time-min", type=int, help="time limit per job")
     g.add_argument("--sbatch", action="append", metavar="KEY=VALUE", help="extra sbatch flag (repeatable)")
+    g.add_argument("--group-jobs", action="store_true", help="the runs that share a teacher (and dataset, recipe, seed) "
+                   "go in one job and train together, one teacher forward per batch; default: one job per run")
 
 
 def _submit(a, cells, seeds, ov) -> bool:
     """--executor slurm: submit and return True; local: False."""
     if a.executor != "slurm":
         given = [f"--{k.replace('_', '-')}" for k in ("slurm_config", "partition", "account", "qos", "gpus_per_job",
-                                                      "cpus_per_task", "mem_gb", "time_min", "sbatch")
-                 if getattr(a, k) is not None]
+                                                      "cpus_per_task", "mem_gb", "time_min", "sbatch", "group_jobs")
+                 if getattr(a, k) not in (None, False)]
         if given:
             raise KDError(f"{', '.join(given)}: Slurm options, used only with --executor slurm")
         return False
     from kd.commands.slurm import options_from_args, submit_cells
+    settings = {"mode": a.mode, "channels_last": False if a.no_channels_last else None,
+                "force": getattr(a, "force", False), "tensorboard": a.tensorboard}
     submit_cells(cells, seeds, {k: v for k, v in ov.items() if v is not None}, options_from_args(a),
-                 data_root=a.data_root, store=a.store, results_dir=a.results, device=a.device)
+                 data_root=a.data_root, store=a.store, results_dir=a.results, device=a.device, settings=settings,
+                 group_jobs=a.group_jobs)
     return True
 
 
 def cmd_bench_group(a):
+    from kd.catalog.cells import check_seed
     from kd.commands.bench import bench_group
-    ov = {k: v for k, v in {"epochs": a.epochs, "subset": a.subset, "batch_size": a.batch_size}.items() if v}
-    bench_group(a.table, seed=a.seed, overrides=ov, device=a.device, threads=a.threads, data_root=a.data_root,
-                results=a.results)
+    from kd.engine.dist import environment
+    check_seed(a.seed, "--seed")
+    _check_speed_args(a, "group.jsonl")
+    environment()
+    bench_group(a.table, seed=a.seed, overrides=_overrides(a), device=a.device, threads=a.threads,
+                data_root=a.data_root, results=a.results)
 
 
 def _env(a):
@@ -191,10 +268,12 @@ def cmd_list(a):
         cells = {k: v for k, v in cells.items() if k in wanted}
     records = read_records(Path(a.results) if a.results else None)
     states: dict[str, dict[int, str]] = {}
+    if a.store is not None and (not a.store or Path(a.store).exists() and not Path(a.store).is_dir()):
+        raise KDError(f"--store {a.store!r}: not a folder (the checkpoint store, where submitted jobs are tracked)")
     if a.status:                     # runs' states, including submitted jobs and runs with overrides
-        from kd.commands.slurm import run_states
+        from kd.commands.jobs import run_states
         for (cid, seed), st in run_states(a.store, Path(a.results) if a.results else None).items():
-            states.setdefault(cid, {})[seed] = st["state"]
+            states.setdefault(cid, {})[seed] = st["shown"]          # failed(OUT_OF_MEMORY), queued(PREEMPTED)
     rows = list_rows(cells, records, a.dataset, a.method, a.status if a.status in ("done", "missing") else None)
     if a.status:                     # runs known only by their jobs (no result line yet): under their cell
         shown = {row[0].removeprefix(QUICK) for row in rows}
@@ -205,8 +284,9 @@ def cmd_list(a):
         for row in rows:
             st = states.get(row[0].removeprefix(QUICK), {})
             row.append(" ".join(f"{s}:{v}" for s, v in sorted(st.items())) or "-")
-        if a.status in ("queued", "running", "failed"):
-            rows = [row for row in rows if a.status in states.get(row[0].removeprefix(QUICK), {}).values()]
+        if a.status in ("queued", "running", "failed", "unknown"):
+            rows = [row for row in rows if a.status in {v.split("(")[0] for v in
+                                                        states.get(row[0].removeprefix(QUICK), {}).values()}]
     print(tabulate(rows, headers=["cell", "runs", "seeds"] + (["state (seed:state)"] if a.status else []),
                    tablefmt="simple"))
     n = sum(not r[0].startswith(QUICK) for r in rows)
@@ -236,6 +316,9 @@ def cmd_find(a):
 def cmd_import_teacher(a):
     from kd.catalog.cells import find_cell
     from kd.commands.import_teacher import import_teacher
+    a.device = _device(a.device)
+    _check_folders(a)
+    _not_used(a, "import-teacher evaluates the checkpoint as it is", "tensorboard", "mode", "no_channels_last")
     rec = import_teacher(find_cell(a.cell), Path(a.file), a.sha256, data_root=a.data_root, store=a.store,
                          results_dir=a.results, device=a.device, force=a.force)
     print(f"imported {a.file} as teacher {rec['cell_id']} ({rec['checkpoint_sha256'][:12]}…) -> {rec['checkpoint']}; "
@@ -270,12 +353,56 @@ def cmd_table(a):
     cmd_report(a)
 
 
+def _not_used(a, why: str, *flags: str) -> None:
+    """Refuse, in one line, flags a command takes with the common ones but does not use."""
+    given = [f"--{f.replace('_', '-')}" for f in flags if getattr(a, f, None) not in (None, False)]
+    if given:
+        raise KDError(f"{', '.join(given)}: not used here ({why})")
+
+
 def cmd_demo(a):
     from kd.commands.demo import demo
     if not 1 <= a.seeds <= 1000:
         raise KDError(f"--seeds {a.seeds}: must be a whole number in [1, 1000]")
+    _not_used(a, "the demo runs on the CPU with fixed settings and its own data", "device", "mode",
+              "no_channels_last", "data_root")
+    _check_folders(a)
     _logging(a)
     demo(seeds=a.seeds, results=a.results, store=a.store, progress=not a.no_progress)
+
+
+def _tolerant_streams() -> None:
+    """stdout and stderr that print what this terminal cannot encode as '?' (PYTHONIOENCODING=ascii, a
+    latin-1 terminal) instead of raising UnicodeEncodeError on a '±' or '…'."""
+    for stream in (sys.stdout, sys.stderr):
+        if hasattr(stream, "reconfigure") and getattr(stream, "errors", "strict") == "strict":
+            try:
+                stream.reconfigure(errors="replace")
+            except (ValueError, OSError):
+                pass
+
+
+def _fail(e: KDError) -> int:
+    """One line and exit 2. Under torchrun every rank fails alike: the line comes from rank 0 and goes
+    to torchrun's error file too (its failure report then names it); a stray RANK or SLURM_PROCID in a
+    lone process's environment never silences it (kd.engine.dist.launch_rank)."""
+    from kd.engine.dist import launch_rank, torchrun_error_file
+    line = f"kd: error: {e}"
+    torchrun_error_file(line)
+    if launch_rank() == 0:
+        print(line, file=sys.stderr)
+    return 2
+
+
+def _closed_pipe() -> int:
+    """The reader of stdout went away (`kd list | head -1`): stop quietly, as a tool killed by SIGPIPE
+    would (status 141), with no traceback and no error at exit."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):
+        pass
+    return 141
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -289,12 +416,7 @@ def main(argv: list[str] | None = None) -> int:
                                            "several cells that share a teacher train together (--no-group: one by one)")
     r.add_argument("--no-group", action="store_true", help="with several cells: run them one by one")
     r.add_argument("--seed", type=int, nargs="+", default=[0], help="one or more seeds (default 0)")
-    r.add_argument("--epochs", type=int, help="override: epochs (milestones scale); recorded as another recipe")
-    r.add_argument("--batch-size", type=int, help="override: batch size")
-    r.add_argument("--lr", type=float, help="override: learning rate")
-    r.add_argument("--subset", type=int, help="override: train on a seeded subset of N images")
-    r.add_argument("--precision", choices=["fp32", "bf16"],
-                   help="override: bf16 autocast (its results carry another recipe id, never mixed with fp32)")
+    _override_flags(r)
     r.add_argument("--force", action="store_true", help="run seeds that already have a result line again")
     _common(r)
     _executor_flags(r)
@@ -304,7 +426,8 @@ def main(argv: list[str] | None = None) -> int:
     l.add_argument("--table", help="only the cells of this reference table")
     l.add_argument("--dataset", help="a dataset or dataset family, e.g. cifar100, cifar10-noisy0.2")
     l.add_argument("--method", help="a method label or part of one: kd matches kd and crd+kd; crd+kd matches crd+kd")
-    l.add_argument("--status", nargs="?", const="all", choices=["all", "done", "missing", "queued", "running", "failed"],
+    l.add_argument("--status", nargs="?", const="all",
+                   choices=["all", "done", "missing", "queued", "running", "failed", "unknown"],
                    help="show each seed's state (done/queued/running/failed: results and submitted Slurm jobs); "
                         "done/missing: full-protocol runs present/absent; queued/running/failed: only cells that have it")
     l.add_argument("--results")
@@ -356,8 +479,7 @@ def main(argv: list[str] | None = None) -> int:
     tb = sub.add_parser("table", help="run every missing cell of a reference table, then write its report")
     tb.add_argument("name", help="table id, e.g. crd2020_table1 (see reference_tables/)")
     tb.add_argument("--seed", type=int, nargs="+", default=[0])
-    for flag, typ in (("--epochs", int), ("--batch-size", int), ("--lr", float), ("--subset", int)):
-        tb.add_argument(flag, type=typ, help="override (recorded as another recipe)")
+    _override_flags(tb)
     tb.add_argument("--no-group", action="store_true",
                     help="run cells one by one instead of training those that share a teacher together (kd/engine/grouping.py)")
     _common(tb)
@@ -373,7 +495,7 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--warmup", type=int, default=10, help="untimed steps before each timing (default 10)")
     b.add_argument("--rounds", type=int, default=5, help="alternating rounds; the median is reported (default 5)")
     b.add_argument("--threads", type=int, help="torch threads for every contender (default: torch's)")
-    b.add_argument("--batch-size", type=int, help="instead of the recipe's")
+    _override_flags(b, ["batch_size"], " (instead of the recipe's)")
     b.add_argument("--data-root", help="the cell's data, when at hand (else synthetic images of its shape)")
     b.add_argument("--repdistiller", metavar="PATH", help="a RepDistiller checkout: time its own step side by side")
     b.add_argument("--workers", type=int, help="RepDistiller's DataLoader workers (default min(8, CPUs))")
@@ -384,29 +506,29 @@ def main(argv: list[str] | None = None) -> int:
     bg = sub.add_parser("bench-group", help="wall time of a table's runs one by one vs grouped (one teacher forward)")
     bg.add_argument("table", help="a reference table id, e.g. sarfraz2020_table3_jpeg_resnet8")
     bg.add_argument("--seed", type=int, default=0)
-    bg.add_argument("--epochs", type=int, help="override (as kd table)")
-    bg.add_argument("--subset", type=int, help="override (as kd table)")
-    bg.add_argument("--batch-size", type=int, help="override (as kd table)")
+    _override_flags(bg, help_suffix=" (as kd table)")
     bg.add_argument("--threads", type=int)
     bg.add_argument("--device")
     bg.add_argument("--data-root")
     bg.add_argument("--results", help="the line goes to <results>/speed/group.jsonl")
     bg.set_defaults(fn=cmd_bench_group)
 
+    _tolerant_streams()
     try:
         a = p.parse_args(argv)
     except SystemExit as e:               # --help (0) or a usage error (2, one line: _Parser.error)
         return e.code if isinstance(e.code, int) else 2
     try:
-        return a.fn(a) or 0
+        code = a.fn(a) or 0
+        sys.stdout.flush()                # a closed pipe shows here, not at exit
+        return code
     except KDError as e:
-        from kd.engine.dist import launch_rank
-        if launch_rank() == 0:           # under torchrun every rank fails alike: one line, from rank 0
-            print(f"kd: error: {e}", file=sys.stderr)
-        return 2
+        return _fail(e)
     except KeyboardInterrupt:
         print("kd: interrupted; run the same command again to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        return _closed_pipe()
 
 
 if __name__ == "__main__":

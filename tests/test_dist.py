@@ -75,8 +75,9 @@ def test_shards_cover_every_global_batch_once():
 
 
 def test_world_size_that_does_not_divide_the_batch_is_one_line(monkeypatch, capsys, isolated):
-    monkeypatch.setenv("WORLD_SIZE", "3")
-    monkeypatch.setenv("RANK", "0")
+    for k, v in {"WORLD_SIZE": "3", "RANK": "0", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29500",
+                 "TORCHELASTIC_RUN_ID": "t"}.items():           # as torchrun sets them
+        monkeypatch.setenv(k, v)
     assert main(["run", CELL, "--epochs", "1", "--device", "cpu", "--no-progress"]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("kd: error: world size 3 does not divide the global batch 64")

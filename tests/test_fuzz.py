@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import pickle
 import re
 from pathlib import Path
@@ -80,20 +81,40 @@ def env(tmp_path, monkeypatch):
 
 
 def _files(root: Path) -> dict:
-    return {str(p): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+    """Every file and link under root (links not followed; a large file by size and time, not read)."""
+    out = {}
+    for p in sorted(root.rglob("*")):
+        if p.is_symlink():
+            out[str(p)] = ("link", os.readlink(p))
+        elif p.is_file():
+            st = p.stat()
+            out[str(p)] = (st.st_size, st.st_mtime_ns, p.read_bytes() if st.st_size < 1 << 20 else None)
+    return out
 
 
 def refused(env, capsys, args, match=None):
-    """Run `kd args`; assert one stderr line `kd: error: ...`, exit 2, results and store unchanged."""
-    before = _files(env / "results"), _files(env / "store")
+    """Run `kd args`; assert one stderr line `kd: error: ...`, no traceback, exit 2, and nothing changed
+    under the results and store folders (the jobs folder among them) nor beside them in env."""
+    before = _files(env / "results"), _files(env / "store"), sorted(p.name for p in env.iterdir())
     code = main([str(a) for a in args])
     out = capsys.readouterr()
     assert code == 2, f"exit {code}: {out.err}{out.out[-500:]}"
     assert out.err.startswith("kd: error: ") and out.err.count("\n") == 1, out.err
+    assert "Traceback" not in out.err + out.out
     if match:
         assert match in out.err, out.err
-    assert (_files(env / "results"), _files(env / "store")) == before
+    assert (_files(env / "results"), _files(env / "store"), sorted(p.name for p in env.iterdir())) == before
     return out.err
+
+
+def _fill(env, args) -> list[str]:
+    """{file}: a regular file outside results and store; {ctl}: a name with a control character;
+    {pt}: a real checkpoint (its sha256 is PT_SHA)."""
+    import hashlib
+    (env / "a_file").write_text("x")
+    pt = env / "store" / "x" / "seed0.pt"
+    return [str(a).replace("{file}", str(env / "a_file")).replace("{ctl}", str(env / "a\x01b"))
+            .replace("{pt}", str(pt)).replace("{sha}", hashlib.sha256(pt.read_bytes()).hexdigest()) for a in args]
 
 
 # --- CLI arguments -------------------------------------------------------------------------------
@@ -123,13 +144,137 @@ CLI_CASES = [
     (["import-teacher", KD_CELL, "/nonexistent.pt", "--sha256", "00"], "not a teacher cell"),
     (["import-teacher", "digits/baseline/tiny_t/r", "/nonexistent.pt"], "--sha256"),
 ]
+TEACHER = "digits/baseline/tiny_t/r"
+TABLE = "recorded_digits"
+CTL = "control character"
+CLI_CASES += [   # issue 19: every subcommand, every option that takes a value
+    (["run", STUDENT, "--precision", "fp16"], "invalid choice"), (["run", STUDENT, "--mode", "bogus"], "invalid choice"),
+    (["run", STUDENT, "--mode", "graph", "--device", "cpu"], "needs a CUDA device"),
+    (["run", STUDENT, "--executor", "pbs"], "invalid choice"), (["run", STUDENT, "--data-root", "{ctl}"], CTL),
+    (["run", STUDENT, "--tensorboard", "{ctl}"], CTL), (["run", STUDENT, "--store", "{file}"], "not a writable folder"),
+    (["run", STUDENT, "--results", "{file}"], "not a writable folder"), (["run", STUDENT, "--store", ""], "not a folder"),
+    (["table", TABLE, "--precision", "fp16"], "invalid choice"), (["table", TABLE, "--batch-size", "0"], "batch_size"),
+    (["table", TABLE, "--lr", "nan"], "lr"), (["table", TABLE, "--subset", "0"], "subset"),
+    (["table", TABLE, "--device", "bogus"], "not a device"), (["table", TABLE, "--mode", "bogus"], "invalid choice"),
+    (["table", TABLE, "--data-root", "{ctl}"], CTL), (["table", TABLE, "--tensorboard", "{ctl}"], CTL),
+    (["table", TABLE, "--store", "{file}"], "not a writable folder"),
+    (["table", TABLE, "--results", "{file}"], "not a writable folder"),
+    (["table", TABLE, "--executor", "pbs"], "invalid choice"),
+    (["bench", "nope/x/y/z"], "unknown cell"), (["bench", KD_CELL, "--steps", "0"], "--steps 0"),
+    (["bench", KD_CELL, "--steps", "-1"], "--steps -1"), (["bench", KD_CELL, "--warmup", "-1"], "--warmup -1"),
+    (["bench", KD_CELL, "--rounds", "0"], "--rounds 0"), (["bench", KD_CELL, "--threads", "-2"], "--threads -2"),
+    (["bench", KD_CELL, "--threads", "0"], "--threads 0"), (["bench", KD_CELL, "--batch-size", "0"], "batch_size"),
+    (["bench", KD_CELL, "--device", "bogus"], "not a device"), (["bench", KD_CELL, "--workers", "-1"], "--workers -1"),
+    (["bench", KD_CELL, "--modes", "bogus"], "invalid choice"),
+    (["bench", KD_CELL, "--modes", "graph", "--device", "cpu"], "needs a CUDA device"),
+    (["bench", KD_CELL, "--repdistiller", "/nonexistent", "--steps", "1", "--warmup", "0", "--rounds", "1"],
+     "not a RepDistiller checkout"),
+    (["bench", KD_CELL, "--data-root", "{ctl}"], CTL), (["bench", KD_CELL, "--results", "{file}"], "not a writable folder"),
+    (["bench-group", "nope"], "unknown table"), (["bench-group", TABLE, "--seed", str(2**64)], "--seed"),
+    (["bench-group", TABLE, "--seed", "-1"], "--seed -1"), (["bench-group", TABLE, "--device", "bogus"], "not a device"),
+    (["bench-group", TABLE, "--epochs", "0"], "epochs"), (["bench-group", TABLE, "--subset", "0"], "subset"),
+    (["bench-group", TABLE, "--batch-size", "0"], "batch_size"), (["bench-group", TABLE, "--lr", "0"], "lr"),
+    (["bench-group", TABLE, "--precision", "fp16"], "invalid choice"), (["bench-group", TABLE, "--threads", "0"], "--threads 0"),
+    (["bench-group", TABLE, "--data-root", "{ctl}"], CTL), (["bench-group", TABLE, "--results", "{file}"], "not a writable"),
+    (["list", "--table", "nope"], "unknown table"), (["list", "--dataset", "nope"], "no cell matches"),
+    (["list", "--method", "nope"], "no cell matches"), (["list", "--results", "{file}"], "is not a folder"),
+    (["list", "--status", "--store", "{file}"], "not a folder"),
+    (["find"], "give a number"), (["find", "abc"], "is not a number"), (["find", "--table", "nope"], "unknown table"),
+    (["find", "--method", "nope"], "no reference entry"), (["find", "--pair", "nope:nope"], "no reference entry"),
+    (["find", "--dataset", "nope"], "no reference entry"),
+    (["import-teacher", TEACHER, "{file}", "--sha256", "00"], "sha256 is"),
+    (["import-teacher", TEACHER, "{file}", "--sha256", "00", "--device", "bogus"], "not a device"),
+    (["import-teacher", TEACHER, "{file}", "--sha256", "00", "--mode", "eager"], "not used here"),
+    (["import-teacher", TEACHER, "{file}", "--sha256", "00", "--tensorboard", "tb"], "not used here"),
+    (["import-teacher", TEACHER, "{file}", "--sha256", "00", "--store", "{file}"], "not a writable folder"),
+    (["import-teacher", TEACHER, "{file}", "--sha256", "00", "--results", "{file}"], "not a writable folder"),
+    (["import-teacher", TEACHER, "{file}", "--sha256", "00", "--data-root", "{ctl}"], CTL),
+    (["demo", "--seeds", "1001"], "--seeds 1001"), (["demo", "--device", "cpu"], "not used here"),
+    (["demo", "--mode", "eager"], "not used here"), (["demo", "--data-root", "data"], "not used here"),
+    (["demo", "--store", "{file}"], "not a writable folder"), (["demo", "--results", "{file}"], "not a writable folder"),
+    (["demo", "--tensorboard", "{ctl}"], CTL),
+    (["compare", "--results", "{file}"], "is not a folder"), (["report", "--results", "{file}"], "not a writable folder"),
+    (["report", "--out", "{file}"], "not a writable folder"),
+]
+CLI_CASES += [(["table", TABLE, "--executor", "slurm", *extra], match) for extra, match in [   # options checked first
+    (["--mem-gb", "-1"], "mem_gb"), (["--gpus-per-job", "0"], "gpus_per_job"), (["--cpus-per-task", "0"], "cpus_per_task"),
+    (["--time-min", "0"], "time_min"), (["--sbatch", "comment=x\n#SBATCH --wrap=evil"], CTL),
+    (["--partition", "gpu\n#SBATCH --uid=0"], CTL), (["--account", "a\tb"], CTL), (["--qos", ""], "empty"),
+    (["--slurm-config", "/nonexistent.yaml"], "no such file")]]
 if not torch.cuda.is_available():
-    CLI_CASES.append((["run", STUDENT, "--device", "cuda"], "no CUDA GPU"))
+    CLI_CASES += [(["run", STUDENT, "--device", "cuda"], "no CUDA GPU"),
+                  (["bench-group", TABLE, "--device", "cuda"], "no CUDA GPU"),
+                  (["bench", KD_CELL, "--device", "cuda"], "no CUDA GPU")]
 
 
 @pytest.mark.parametrize("args, match", CLI_CASES, ids=lambda c: " ".join(c) if isinstance(c, list) else None)
 def test_bad_cli_arguments(env, capsys, args, match):
-    refused(env, capsys, args, match)
+    refused(env, capsys, _fill(env, args), match)
+
+
+# --- Slurm options, config keys and the job script -------------------------------------------------
+
+@pytest.fixture()
+def slurm(env, monkeypatch):
+    """A stand-in Slurm outside the results and store folders: sbatch keeps each script and answers with
+    a job id (or what $FAKE_SBATCH says), sacct answers every job with the state in <bin>/state."""
+    from tests.test_executor import _fake_slurm
+    bin_dir = env.parent / f"{env.name}-bin"
+    _fake_slurm(bin_dir, bin_dir / "state")
+    (bin_dir / "state").write_text("PENDING")
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return bin_dir
+
+
+SLURM = ["run", STUDENT, "--executor", "slurm"]
+SLURM_CASES = [
+    (["--mem-gb", "-1"], "mem_gb"), (["--mem-gb", "nan"], "mem_gb"), (["--mem-gb", "inf"], "mem_gb"),
+    (["--mem-gb", "0"], "mem_gb"), (["--gpus-per-job", "0"], "gpus_per_job"), (["--cpus-per-task", "0"], "cpus_per_task"),
+    (["--gpus-per-job", "3"], "world size 3 does not divide the global batch 64"), (["--time-min", "0"], "time_min"),
+    (["--time-min", "1"], "signal_delay_s 120 must be shorter"), (["--mem-gb", "x"], "invalid float"),
+    (["--sbatch", "comment=x\n#SBATCH --wrap=evil"], CTL), (["--sbatch", "a\nb=c"], "not a flag name"),
+    (["--sbatch", "=x"], "expected KEY=VALUE"), (["--sbatch", "output=/tmp/x"], "set by kd"),
+    (["--sbatch", "dependency=afterok:1"], "set by kd"), (["--sbatch", "comment=\x1b[31m"], CTL),
+    (["--sbatch", "comment="], "empty"), (["--sbatch", "comment=a\rb"], CTL), (["--sbatch", "comment=\u2028"], CTL),
+    (["--partition", "gpu\n#SBATCH --uid=0"], CTL), (["--account", "a\tb"], CTL), (["--qos", ""], "empty"),
+    (["--slurm-config", "{file}"], "mapping at the top"), (["--slurm-config", "/nonexistent.yaml"], "no such file"),
+    (["--store", "{file}"], "not a writable folder"), (["--store", "{ctl}"], CTL), (["--results", "{file}"], "not a writable"),
+    (["--tensorboard", "{ctl}"], CTL), (["--device", "meta"], "unsupported device type"),
+    (["--data-root", "{ctl}"], CTL),
+]
+CONFIG_CASES = [
+    ("max_requeue: -1", "max_requeue must be at least 0"), ("signal_delay_s: -5", "signal_delay_s must be at least 0"),
+    ("mem_gb: .nan", "mem_gb"), ("mem_gb: .inf", "mem_gb"), ("mem_gb: -1", "mem_gb"), ("mem_gb: '8'", "mem_gb"),
+    ('setup: ["module load x\\n#SBATCH --uid=0"]', "not one line"), ("setup: [5]", "not one line"),
+    ("setup: module load x", "setup must be"), ('sbatch: {comment: "x\\n#SBATCH --wrap=y"}', CTL),
+    ('sbatch: {"a b": 1}', "not a flag name"), ("sbatch: {comment: [1]}", "plain value"),
+    ("sbatch: {output: /tmp/x}", "set by kd"), ("sbatch: {comment: .inf}", "plain value"),
+    ("sbatch: {5: x}", "not a flag name"), ('partition: "gpu\\r"', CTL), ("gpus: 2", "unknown Slurm option"),
+    ("- partition: gpu", "mapping at the top"), ("array_parallelism: 0", "array_parallelism"),
+    ("time_min: 1h", "time_min must be int"), ("time_min: 2\nsignal_delay_s: 120", "shorter than the time limit"),
+    ("partition: !!python/object/apply:os.system ['true']", "malformed YAML"),
+]
+
+
+@pytest.mark.parametrize("extra, match", SLURM_CASES, ids=[" ".join(map(repr, c[0])) for c in SLURM_CASES])
+def test_bad_slurm_options(env, slurm, capsys, extra, match):
+    refused(env, capsys, _fill(env, SLURM + extra), match)
+    assert not (slurm / "count").exists()                              # sbatch never ran
+
+
+@pytest.mark.parametrize("text, match", CONFIG_CASES, ids=[c[0][:40] for c in CONFIG_CASES])
+def test_bad_slurm_config(env, slurm, capsys, text, match):
+    (env / "cluster.yaml").write_text(text + "\n")
+    refused(env, capsys, ["table", TABLE, "--executor", "slurm", "--slurm-config", env / "cluster.yaml"], match)
+    assert not (slurm / "count").exists()
+
+
+@pytest.mark.parametrize("output", ["garbage\n", "", "Submitted batch job\n"])
+def test_sbatch_printing_garbage_leaves_nothing(env, slurm, capsys, output):
+    """sbatch that runs but answers no job id: one line, no tracking file, no pickle, no script left."""
+    (slurm / "sbatch").write_text(f"#!/bin/sh\nprintf '{output}'\n")
+    refused(env, capsys, SLURM, "submission failed")
+    assert not (env / "store" / "jobs").exists()
 
 
 def test_bad_output_and_results_paths(env, capsys):
@@ -280,6 +425,15 @@ RESULT_CASES = [
     ('{"schema": 1, "cell_id": ', "not a JSON result line"), ("[" * 100000, "not a JSON result line"),
     (b"\xff\xfe{}".decode("latin-1"), "not a JSON result line"),
 ]
+EPOCH = {"epoch": 1, "top1": 50.0, "top5": 90.0, "train_loss": 1.5, "lr": 0.05}
+BAD_CURVES = [
+    ("x", "'curve' is a str"), ([1, 2], "curve[0] is not an object"), ({"epoch": 1}, "'curve' is a dict"),
+    ([{"epoch": 1}], "curve[0]: 'top1' is null"), ([{**EPOCH, "epoch": "1"}], "'epoch' is \"1\""),
+    ([EPOCH, {**EPOCH, "epoch": 0}], "curve[1]: 'epoch' is 0"), ([{**EPOCH, "top1": 101}], "'top1' is 101"),
+    ([{**EPOCH, "train_loss": "0.5"}], "'train_loss' is \"0.5\""), ([{**EPOCH, "lr": None}], "'lr' is null"),
+    ([{**EPOCH, "top5": True}], "'top5' is true"), ([{**EPOCH, "top1": "x" * 500}], "..."),
+]
+RESULT_CASES += [(json.dumps(_record(curve=c)), m) for c, m in BAD_CURVES]
 
 
 @pytest.mark.parametrize("line, match", RESULT_CASES, ids=[repr(c[0][:30]) for c in RESULT_CASES])
@@ -292,6 +446,16 @@ def test_bad_result_lines(env, capsys, line, match):
     out = capsys.readouterr()
     assert out.err.startswith("kd: warning: skipped bad result line") and out.err.count("\n") == 1, out.err
     assert re.search(r"recorded_digits\s+KD\s+.*\s95\s+1\s", out.out), out.out        # the good line still counts
+
+
+def test_report_skips_lines_with_malformed_curves_and_draws_the_good_ones(env, capsys):
+    lines = [_record(curve=[EPOCH, {**EPOCH, "epoch": 2}])] + [_record(seed=i + 1, curve=c) for i, (c, _) in
+                                                                 enumerate(BAD_CURVES)]
+    (env / "results" / "digits.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
+    assert main(["report", "--table", TABLE, "--out", str(env / "rep")]) == 0
+    out = capsys.readouterr()
+    assert out.err.startswith("kd: warning: skipped bad result line") and out.err.count("\n") == 1, out.err
+    assert f"(and {len(BAD_CURVES) - 1} more)" in out.err and "Training curves" in (env / "rep" / f"{TABLE}.html").read_text()
 
 
 @pytest.mark.parametrize("kind", ["torn", "folder", "dangling link"])
@@ -337,3 +501,217 @@ def test_any_bytes_in_a_results_file_are_skipped_or_read_never_a_crash(tmp_path_
     records, problems = scan_records(root)
     assert records[0] == _record() and all(check_record(r) is None for r in records)
     assert len(records) + len(problems) == 1 + sum(1 for x in lines if (x if isinstance(x, bytes) else x.encode()).strip())
+
+
+# --- the environment ------------------------------------------------------------------------------
+
+MASTER = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": "29599"}
+ENV_CASES = [
+    ({"WORLD_SIZE": "2"}, ["run", STUDENT], "WORLD_SIZE=2 in the environment without RANK, MASTER_ADDR, MASTER_PORT"),
+    ({"WORLD_SIZE": "abc"}, ["run", STUDENT], "WORLD_SIZE='abc'"),
+    ({"WORLD_SIZE": "2", "RANK": "0", "MASTER_ADDR": "h", "MASTER_PORT": "x"}, ["run", STUDENT], "MASTER_PORT='x'"),
+    ({"WORLD_SIZE": "2", "RANK": "5", **MASTER}, ["run", STUDENT], "RANK=5 in the environment is not below WORLD_SIZE=2"),
+    ({"WORLD_SIZE": "2", "RANK": "0", "LOCAL_RANK": "-1", **MASTER}, ["run", STUDENT], "LOCAL_RANK='-1'"),
+    ({"WORLD_SIZE": "abc"}, ["table", TABLE], "WORLD_SIZE='abc'"),
+    ({"WORLD_SIZE": "abc"}, ["bench-group", TABLE, "--epochs", "1"], "WORLD_SIZE='abc'"),
+    ({"RANK": "1"}, ["run", "nope/x/y/z"], "unknown cell"),            # a stray rank never silences a lone process
+    ({"SLURM_PROCID": "1"}, ["run", "nope/x/y/z"], "unknown cell"),
+    ({"RANK": "1", "SLURM_PROCID": "1", "WORLD_SIZE": "2"}, ["run", STUDENT], "without MASTER_ADDR"),
+    ({"SUBMITIT_EXECUTOR": "slurm", "SLURM_NTASKS": "2"}, ["run", STUDENT], "not a submitit job"),
+    ({"KD_STORE": "/dev/null"}, ["run", STUDENT], "not a writable folder"),
+    ({"KD_STORE": "/proc/self"}, ["run", STUDENT], "not a writable folder"),
+    ({"KD_STORE": "/dev/null"}, ["import-teacher", TEACHER, "{pt}", "--sha256", "{sha}"], "not a writable folder"),
+    ({"KD_STORE": "/proc/self"}, ["demo"], "not a writable folder"),
+    ({"KD_RESULTS": "/dev/null"}, ["run", STUDENT], "not a writable folder"),
+    ({"KD_RESULTS": "/dev/null"}, ["bench", KD_CELL], "not a writable"),
+    ({"KD_RESULTS": "/proc/self"}, ["table", TABLE], "not a writable folder"),
+    ({"KD_DATA_ROOT": "/dev/null"}, ["run", CIFAR, "--no-progress"], "is missing"),
+]
+
+
+@pytest.mark.parametrize("variables, args, match", ENV_CASES,
+                         ids=[f"{v} {' '.join(a)}" for v, a, _ in ENV_CASES])
+def test_bad_environment(env, capsys, monkeypatch, variables, args, match):
+    import kd.data.readers
+    monkeypatch.setattr(kd.data.readers, "_download", lambda *a: None)             # offline
+    for k, v in variables.items():
+        monkeypatch.setenv(k, v)
+    refused(env, capsys, _fill(env, args), match)
+
+
+def test_under_torchrun_the_line_comes_from_rank_0_and_goes_to_torchruns_error_file(env, capsys, monkeypatch):
+    """Every rank fails alike before the process group exists: rank 0 prints the one line, and each
+    rank hands it to torchrun's error file, which torchrun's failure report prints as the root cause."""
+    err_file = env / "torchrun_error.json"
+    for k, v in {"TORCHELASTIC_RUN_ID": "x", "WORLD_SIZE": "2", "TORCHELASTIC_ERROR_FILE": str(err_file), **MASTER}.items():
+        monkeypatch.setenv(k, v)
+    for rank in ("1", "0"):
+        monkeypatch.setenv("RANK", rank)
+        monkeypatch.setenv("LOCAL_RANK", rank)
+        assert main(["run", "nope/x/y/z"]) == 2
+        err = capsys.readouterr().err
+        assert (err == "") if rank == "1" else (err.startswith("kd: error: unknown cell") and err.count("\n") == 1)
+        message = json.loads(err_file.read_text())["message"]
+        assert message["message"].startswith("kd: error: unknown cell") and "\n" not in message["extraInfo"]["py_callstack"]
+
+
+def test_an_empty_kd_store_is_the_default_not_the_working_directory(monkeypatch):
+    from kd.data.core import data_root
+    from kd.records.store import store_root
+    for var in ("KD_STORE", "KD_DATA_ROOT"):
+        monkeypatch.setenv(var, "")
+    assert store_root() == Path("checkpoints") and data_root() == Path("data")
+
+
+# --- closed pipes, a terminal that cannot print UTF-8 --------------------------------------------------
+
+def _kd(env, args, stdout, **variables):
+    """`kd args` in a process of its own, its memory capped at 4 GiB (a regression that reads an endless
+    file fails there, not here)."""
+    import resource
+    import subprocess
+    import sys
+    environ = {**os.environ, "KD_RESULTS": str(env / "results"), "KD_STORE": str(env / "store"), **variables}
+    cap = lambda: resource.setrlimit(resource.RLIMIT_AS, (4 << 30, 4 << 30))  # noqa: E731
+    return subprocess.run([sys.executable, "-m", "kd.cli", *args], stdout=stdout, stderr=subprocess.PIPE, env=environ,
+                          timeout=300, cwd=Path(__file__).resolve().parent.parent, preexec_fn=cap)
+
+
+@pytest.mark.parametrize("args", [["list"], ["list", "--status"], ["find", "75.46"]])
+def test_a_closed_pipe_ends_quietly(env, args):
+    """`kd list | head -1`: the reader is gone before kd writes; no traceback, no error at exit."""
+    r, w = os.pipe()
+    os.close(r)
+    try:
+        p = _kd(env, args, w)
+    finally:
+        os.close(w)
+    assert p.stderr == b"" and p.returncode == 141, p.stderr.decode()[-2000:]
+
+
+def test_a_terminal_that_cannot_encode_utf8_gets_question_marks(env):
+    import subprocess
+    (env / "results" / "digits.jsonl").write_text(GOOD_LINE + json.dumps(_record(seed=1, top1_last=90.0)) + "\n")
+    p = _kd(env, ["list"], subprocess.PIPE, PYTHONIOENCODING="ascii")          # its footer has a '↳'
+    assert p.returncode == 0 and p.stderr == b"" and b"; ? rows" in p.stdout, p.stderr.decode()[-2000:]
+
+
+# --- Slurm tracking files and sacct ------------------------------------------------------------------
+
+JOB = {"job_id": "1001", "cluster": "slurm", "cell_id": STUDENT, "cell": STUDENT, "seed": 0}
+
+
+def _sparse(f, size):
+    with open(f, "wb") as fh:
+        fh.truncate(size)
+
+
+JOB_FILE_CASES = [
+    ("torn", lambda f: f.write_text(json.dumps(JOB)[:25])), ("a list", lambda f: f.write_text("[1, 2]")),
+    ("empty", lambda f: f.write_text("")), ("bytes", lambda f: f.write_bytes(b"\xff\xfe\x00garbage")),
+    ("no job id", lambda f: f.write_text(json.dumps({k: v for k, v in JOB.items() if k != "job_id"}))),
+    ("job id shell", lambda f: f.write_text(json.dumps({**JOB, "job_id": "1; touch /tmp/x"}))),
+    ("job id number", lambda f: f.write_text(json.dumps({**JOB, "job_id": 1001}))),
+    ("cluster", lambda f: f.write_text(json.dumps({**JOB, "cluster": "pbs"}))),
+    ("seed text", lambda f: f.write_text(json.dumps({**JOB, "seed": "0"}))),
+    ("seed negative", lambda f: f.write_text(json.dumps({**JOB, "seed": -1}))),
+    ("cell id", lambda f: f.write_text(json.dumps({**JOB, "cell_id": 5}))),
+    ("nested", lambda f: f.write_text("[" * 100000)), ("folder", lambda f: f.mkdir()),
+    ("fifo", lambda f: os.mkfifo(f)), ("link to /dev/zero", lambda f: f.symlink_to("/dev/zero")),
+    ("huge", lambda f: _sparse(f, 8 << 20)), ("dangling link", lambda f: f.symlink_to(f.parent / "nowhere")),
+]
+
+
+@pytest.mark.parametrize("kind, plant", JOB_FILE_CASES, ids=[c[0] for c in JOB_FILE_CASES])
+def test_a_bad_job_tracking_file_is_skipped_with_one_warning(env, slurm, capsys, kind, plant):
+    """A tracking file is untrusted input: `kd list --status`, `kd table` and a resubmission skip it with
+    one warning line, never crash, and leave it as it is; the good tracking file beside it still counts."""
+    from kd.commands.jobs import write_job
+    write_job(env / "store", STUDENT, 1, {**JOB, "seed": 1, "job_id": "1000"})          # a good one: queued
+    bad = env / "store" / "jobs" / "bad.json"
+    plant(bad)
+    keep = _files(env / "store" / "jobs")
+    unlocked = lambda: {k: v for k, v in _files(env / "store" / "jobs").items() if not k.endswith(".lock")}  # noqa: E731
+    assert main(["list", "--status"]) == 0
+    out = capsys.readouterr()
+    assert out.err.startswith("kd: warning: skipped 1 job file(s)") and out.err.count("\n") == 1, out.err
+    assert "1:queued" in out.out
+    assert main(SLURM + ["--seed", "1"]) == 0                          # queued: not submitted again
+    out = capsys.readouterr()
+    assert "skipping 1 runs: 1 queued" in out.out and "Traceback" not in out.err and out.err.count("\n") <= 1
+    assert unlocked() == keep and not (slurm / "count").exists()
+
+
+SACCT_CASES = [
+    ("garbage", "#!/bin/sh\necho 'this is not sacct'\n", "cannot read"),
+    ("accounting off", "#!/bin/sh\necho 'Slurm accounting storage is disabled' >&2\nexit 1\n", "status 1"),
+    ("binary", "#!/bin/sh\nprintf '\\377\\376\\000|\\001'\n", "cannot read"),
+    ("empty", "#!/bin/sh\nexit 0\n", "cannot read"),
+    ("killed", "#!/bin/sh\nkill -9 $$\n", "status -9"),
+]
+
+
+@pytest.mark.parametrize("kind, script, why", SACCT_CASES, ids=[c[0] for c in SACCT_CASES])
+def test_sacct_that_fails_or_prints_garbage_makes_states_unknown_in_one_line(env, slurm, capsys, kind, script, why):
+    from kd.commands.jobs import write_job
+    write_job(env / "store", STUDENT, 0, JOB)
+    (slurm / "sacct").write_text(script)
+    assert main(["list", "--status"]) == 0
+    out = capsys.readouterr()
+    assert out.err.startswith("kd: warning: sacct") and why in out.err and out.err.count("\n") == 1, out.err
+    assert "0:unknown(sacct failed)" in out.out
+    assert main(SLURM) == 0                                          # unknown: never submitted twice
+    assert "skipping 1 runs: 1 unknown" in capsys.readouterr().out and not (slurm / "count").exists()
+
+
+# --- results files that never end, or that are not files ---------------------------------------------
+
+@pytest.mark.parametrize("kind", ["fifo", "link to /dev/zero", "link to /dev/urandom", "huge"])
+def test_results_files_that_never_end_are_not_read(env, kind):
+    """Each reading command says so in one warning line and finishes (a subprocess, so that a regression
+    hangs or fills the memory of that process only)."""
+    import subprocess
+    f = env / "results" / "more.jsonl"
+    if kind == "fifo":
+        os.mkfifo(f)
+    elif kind == "huge":
+        _sparse(f, 300 << 20)
+    else:
+        f.symlink_to(kind.split()[-1])
+    args = {"fifo": ["list"], "link to /dev/zero": ["compare", "--table", TABLE], "huge": ["list", "--status"],
+            "link to /dev/urandom": ["list"]}[kind]
+    p = _kd(env, args, subprocess.PIPE)
+    err = p.stderr.decode()
+    assert p.returncode == 0 and err.startswith("kd: warning: skipped bad result line") and err.count("\n") == 1, err
+    assert ("not a regular file" if kind != "huge" else "not read") in err
+
+
+# --- every subcommand and every option has rows --------------------------------------------------------
+
+def _parser():
+    import argparse
+    import kd.cli
+    box = {}
+
+    def grab(self, *a, **k):
+        box["parser"] = self
+        raise SystemExit(0)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(kd.cli._Parser, "parse_args", grab)
+        kd.cli.main(["list"])
+    return next(a for a in box["parser"]._actions if isinstance(a, argparse._SubParsersAction))
+
+
+def test_every_subcommand_and_every_option_taking_a_value_has_a_row():
+    """The standing rule of this file: a new subcommand or option comes with its rows here."""
+    rows = [a for a, _ in CLI_CASES] + [SLURM + e for e, _ in SLURM_CASES] + [a for _, a, _ in ENV_CASES] + \
+        [["table", "--executor", "slurm", "--slurm-config"]]                   # test_bad_slurm_config: CONFIG_CASES
+    missing = []
+    for name, sub in _parser().choices.items():
+        mine = [r for r in rows if r and r[0] == name]
+        used = {t.split("=")[0] for r in mine for t in r if t.startswith("--")}
+        missing += [] if mine else [name]
+        missing += [f"{name} {act.option_strings[0]}" for act in sub._actions
+                    if act.option_strings and act.nargs != 0 and not set(act.option_strings) & used]
+    assert not missing, missing

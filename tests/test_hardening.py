@@ -292,7 +292,6 @@ def test_an_unwritable_store_or_results_folder_is_refused_before_training(data_r
 
 
 def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_keeps_the_old_file(tmp_path, monkeypatch):
-    import kd.records.store
     path = tmp_path / "m" / "seed0.pt"
     save_checkpoint(build_model("tiny_s", 10), path)
     before = files(tmp_path)
@@ -301,7 +300,233 @@ def test_a_full_disk_while_saving_a_checkpoint_is_one_line_and_keeps_the_old_fil
         f.write(b"PK\x03\x04 partial")
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(kd.records.store.torch, "save", full)
+    monkeypatch.setattr(torch, "save", full)
     with pytest.raises(KDError, match="cannot write .*seed0.pt: No space left on device; it is as it was"):
         save_checkpoint(build_model("tiny_s", 10), path)
     assert files(tmp_path) == before                              # no temporary file left, the old one intact
+
+
+# --- issue 19: writes never through a link; refusals before any write ---------------------------------
+
+STUDENT = "digits-sub400/baseline/tiny_s/digits"
+KD_STUDENT = "digits-sub400/kd/tiny_s_from_tiny_t/digits"
+TEACHER = "digits-sub400/baseline/tiny_t/digits"
+ONE_EPOCH = f"{STUDENT}~epochs=1"
+
+
+def _kd(capsys, *args) -> tuple[int, str, str]:
+    code = main([str(a) for a in args])
+    out = capsys.readouterr()
+    assert "Traceback" not in out.err
+    return code, out.out, out.err
+
+
+def _one_line(code, err, match):
+    assert code == 2 and err.startswith("kd: error: ") and err.count("\n") == 1 and match in err, err
+
+
+@pytest.mark.parametrize("target", ["results file", "per-epoch log", "lock file"])
+def test_a_symlink_where_a_run_writes_is_refused_and_its_target_never_grows(tmp_path, capsys, target):
+    """Measured before: an outside file grew from 48 to 2,706 bytes through a planted link."""
+    from kd.records.log import csv_path
+    from kd.records.store import lock_path
+    outside = tmp_path / "outside.txt"
+    outside.write_text("x" * 48)
+    store, res = tmp_path / "store", tmp_path / "res"
+    link = {"results file": res / "digits.jsonl", "per-epoch log": csv_path(ONE_EPOCH, 0, res),
+            "lock file": lock_path(store, ONE_EPOCH, 0)}[target]
+    link.parent.mkdir(parents=True)
+    link.symlink_to(outside)
+    before = files(store, res)
+    code, _, err = _kd(capsys, "run", STUDENT, "--epochs", "1", "--no-progress", "--store", store, "--results", res)
+    _one_line(code, err, "symbolic link")
+    assert outside.read_text() == "x" * 48 and files(store, res) == before and link.is_symlink()
+
+
+def test_the_writers_themselves_refuse_links(tmp_path):
+    """The second line of defence (O_NOFOLLOW), should a check before the run ever be bypassed."""
+    from kd.records.log import EpochLog
+    outside = tmp_path / "outside.txt"
+    outside.write_text("x" * 48)
+    for name in ("r.jsonl", "log.csv"):
+        (tmp_path / name).symlink_to(outside)
+    with pytest.raises(KDError, match="symbolic link"):
+        append_record(record(), tmp_path / "r.jsonl")
+    with pytest.raises(KDError, match="symbolic link"):
+        EpochLog("c", 0, 1, 0, False, tmp_path / "log.csv")
+    (tmp_path / "runs" / "c").mkdir(parents=True)
+    (tmp_path / "runs" / "c" / "seed0.lock").symlink_to(outside)
+    with pytest.raises(KDError, match="symbolic link"):
+        with run_lock(tmp_path, "c", 0):
+            pass
+    assert outside.read_text() == "x" * 48
+
+
+def test_a_filesystem_without_flock_is_one_line_before_training(tmp_path, capsys, monkeypatch):
+    import errno
+    import fcntl
+
+    def no_locks(fd, op):
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    code, _, err = _kd(capsys, "run", STUDENT, "--epochs", "1", "--no-progress", "--store", tmp_path / "s",
+                       "--results", tmp_path / "r")
+    _one_line(code, err, "does not support file locks (flock: No locks available)")
+    assert files(tmp_path) == {}
+
+
+def test_a_stored_teacher_replaced_by_a_pickle_with_a_matching_sidecar_writes_nothing(tmp_path, capsys):
+    import hashlib
+    marker = tmp_path / "pwned"
+    store, res = tmp_path / "store", tmp_path / "res"
+    teacher = checkpoint_path(f"{TEACHER}~epochs=1", 0, store)
+    teacher.parent.mkdir(parents=True)
+    teacher.write_bytes(pickle.dumps(_Evil(marker)))
+    teacher.with_suffix(".sha256").write_text(hashlib.sha256(teacher.read_bytes()).hexdigest() + "  planted\n")
+    before = files(store, res)
+    code, _, err = _kd(capsys, "run", KD_STUDENT, "--epochs", "1", "--no-progress", "--store", store, "--results", res)
+    _one_line(code, err, "is not a plain state_dict")
+    assert not marker.exists() and files(store, res) == before
+
+
+# --- import-teacher: every refusal before the store is touched ------------------------------------------
+
+@pytest.fixture()
+def teacher_file(tmp_path):
+    from kd.records.store import sha256_file
+    f = tmp_path / "teacher.pt"
+    torch.manual_seed(0)
+    torch.save(build_model("tiny_t", 10).state_dict(), f)
+    return f, sha256_file(f)
+
+
+def test_import_teacher_with_an_empty_sidecar_on_the_stored_teacher_is_one_line(tmp_path, capsys, teacher_file):
+    f, sha = teacher_file
+    stored = checkpoint_path(TEACHER, 0, tmp_path / "store")
+    save_checkpoint(build_model("tiny_t", 10), stored)
+    stored.with_suffix(".sha256").write_text("")
+    code, _, err = _kd(capsys, "import-teacher", TEACHER, f, "--sha256", sha, "--store", tmp_path / "store",
+                       "--results", tmp_path / "res")
+    _one_line(code, err, "already stored")
+    assert "an empty sha256 sidecar" in err
+
+
+@pytest.mark.parametrize("case", ["results file is a folder", "lock held", "results line fails"])
+def test_import_teacher_refuses_before_it_installs(tmp_path, capsys, monkeypatch, teacher_file, case):
+    """Measured before: a stored teacher without its line, and the retry refused as 'already stored'."""
+    import kd.records.results
+    f, sha = teacher_file
+    store, res = tmp_path / "store", tmp_path / "res"
+    args = ["import-teacher", TEACHER, f, "--sha256", sha, "--store", store, "--results", res, "--device", "cpu"]
+    if case == "results file is a folder":
+        (res / "digits.jsonl").mkdir(parents=True)
+        code, _, err = _kd(capsys, *args)
+        _one_line(code, err, "not a writable file")
+    elif case == "lock held":
+        with run_lock(store, TEACHER, 0):                                # a run trains this teacher right now
+            code, _, err = _kd(capsys, *args)
+        _one_line(code, err, "being trained by another process")
+    else:
+        def full(rec, path):
+            raise KDError(f"result line NOT recorded in {path}: No space left on device; the file is as it was")
+        monkeypatch.setattr(kd.records.results, "append_record", full)
+        code, _, err = _kd(capsys, *args)
+        _one_line(code, err, "NOT recorded")
+    assert not checkpoint_path(TEACHER, 0, store).exists() and not list(store.rglob("*.sha256"))
+    monkeypatch.undo()
+    if case != "results file is a folder":
+        assert _kd(capsys, *args)[0] == 0                               # the retry imports it
+
+
+# --- runs asked for twice train once ---------------------------------------------------------------------
+
+def test_a_student_and_its_teacher_and_a_repeated_seed_in_one_command_train_each_run_once(tmp_path, capsys):
+    res = tmp_path / "res"
+    code, out, err = _kd(capsys, "run", KD_STUDENT, TEACHER, "--seed", "0", "0", "--epochs", "1", "--no-progress",
+                         "--store", tmp_path / "store", "--results", res)
+    assert code == 0, err
+    assert sorted(r["cell_id"] for r in read_records(res)) == [f"{TEACHER}~epochs=1", f"{KD_STUDENT}~epochs=1"]
+
+
+def test_a_table_with_a_repeated_seed_trains_each_run_once_without_a_false_lock_error(tmp_path, capsys):
+    res = tmp_path / "res"
+    code, out, err = _kd(capsys, "table", "recorded_digits", "--seed", "0", "0", "--epochs", "1", "--no-progress",
+                         "--store", tmp_path / "store", "--results", res)
+    assert code == 0, err
+    ids = [r["cell_id"] for r in read_records(res)]
+    assert len(ids) == 3 == len(set(ids)) and "another process" not in err
+
+
+# --- I/O errors during a run --------------------------------------------------------------------------------
+
+def test_a_file_size_limit_while_saving_a_checkpoint_is_one_line_and_keeps_the_old_file(tmp_path):
+    """`ulimit -f`: torch's writer reports EFBIG as a RuntimeError ('unexpected pos'), once a traceback."""
+    import resource
+    path = tmp_path / "m" / "seed0.pt"
+    big = torch.nn.Linear(300, 300)
+    save_checkpoint(build_model("tiny_s", 10), path)
+    before = files(tmp_path)
+    soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (100_000, hard))
+    try:
+        with pytest.raises(KDError, match=r"cannot write .*seed0.pt: torch.save could not write the file .*it is as it was"):
+            save_checkpoint(big, path)
+    finally:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    assert files(tmp_path) == before
+
+
+def test_a_per_epoch_log_that_cannot_be_written_mid_run_is_one_warning_and_the_run_is_recorded(
+        tmp_path, capsys, monkeypatch):
+    import errno
+    import kd.records.files
+    real = kd.records.files.open_write
+
+    def full(path, flags=0, what="file"):
+        if str(path).endswith(".csv") and flags & os.O_APPEND:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real(path, flags, what)
+
+    monkeypatch.setattr(kd.records.files, "open_write", full)
+    rec = run_cell(find_cell(STUDENT), 0, device="cpu", overrides={"epochs": 2}, store=tmp_path / "s",
+                   results_dir=tmp_path / "r", **QUIET)
+    said = [line for line in capsys.readouterr().err.splitlines() if not line.startswith(STUDENT)]   # not the epochs
+    assert len(said) == 1 and said[0].startswith("kd: warning: cannot write the per-epoch log"), said
+    assert rec["status"] == "ok" and len(read_records(tmp_path / "r")) == 1 and len(rec["curve"]) == 2
+
+
+def test_a_damaged_image_cache_is_said_and_rebuilt(tmp_path, capsys, monkeypatch):
+    from PIL import Image
+    from kd.data.readers import image_folder
+    monkeypatch.setenv("KD_CACHE", str(tmp_path / "cache"))
+    for split in ("train", "test"):
+        for c in ("a", "b"):
+            (tmp_path / "imgs" / split / c).mkdir(parents=True)
+            for i in range(2):
+                Image.new("RGB", (8, 8), (i * 90, 40, 200 if c == "a" else 10)).save(tmp_path / "imgs" / split / c / f"{i}.png")
+    first = image_folder(tmp_path / "imgs", "x", size=8)
+    caches = sorted((tmp_path / "cache").glob("*.npz"))
+    assert len(caches) == 2
+    caches[0].write_bytes(caches[0].read_bytes()[:100])                     # torn (a full disk, a killed process)
+    again = image_folder(tmp_path / "imgs", "x", size=8)
+    err = capsys.readouterr().err
+    assert err.startswith("kd: warning: damaged image cache") and err.count("\n") == 1, err
+    assert torch.equal(first.train_x, again.train_x) and torch.equal(first.test_y, again.test_y)
+    assert np.load(caches[0])["x"].shape[0] == 4                              # rebuilt: read without a word
+    image_folder(tmp_path / "imgs", "x", size=8)
+    assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("target", ["per-epoch log", "lock file"])
+def test_a_link_among_the_folders_kd_makes_is_refused_too(tmp_path, capsys, target):
+    """curves/<run>/ and runs/<run>/ are made by kd: a link planted there would carry the file out."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    store, res = tmp_path / "store", tmp_path / "res"
+    folder = {"per-epoch log": res / "curves", "lock file": store / "runs"}[target]
+    folder.parent.mkdir(parents=True)
+    folder.symlink_to(elsewhere, target_is_directory=True)
+    code, _, err = _kd(capsys, "run", STUDENT, "--epochs", "1", "--no-progress", "--store", store, "--results", res)
+    _one_line(code, err, "leads out of it")
+    assert list(elsewhere.iterdir()) == []

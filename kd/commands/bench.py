@@ -95,13 +95,7 @@ class RepDistiller:
     def __init__(self, path: Path, cell, recipe, device, workers: int, num_train: int):
         self.name, self.device = "RepDistiller", device
         method = {t["name"] for t in cell.terms} - {"kd"}
-        if not (path / "helper" / "loops.py").is_file():
-            raise KDError(f"{path} is not a RepDistiller checkout (no helper/loops.py)")
-        if method - {"crd"} or not cell.teacher:
-            raise KDError(f"--repdistiller runs KD and CRD cells; {cell.id} is neither")
-        if (device.type == "cuda") != torch.cuda.is_available():
-            raise KDError("RepDistiller's loop uses CUDA whenever it is available: bench on --device cuda there, "
-                          "on the CPU only where no GPU is visible")
+        self.check(path, cell, device)
         sys.path.insert(0, str(path))
         try:
             import torchvision.datasets as tvd
@@ -151,6 +145,17 @@ class RepDistiller:
             torch.backends.cudnn.benchmark = True           # as train_student.py
         self.loader, self.args = loader, (modules, criteria, optimizer, opt)
         self.train_distill, self.it = train_distill, None
+
+    @staticmethod
+    def check(path: Path, cell, device) -> None:
+        """What can be refused before anything is built: the checkout, the cell's method, the device."""
+        if not (path / "helper" / "loops.py").is_file():
+            raise KDError(f"{path} is not a RepDistiller checkout (no helper/loops.py)")
+        if {t["name"] for t in cell.terms} - {"kd", "crd"} or not cell.teacher:
+            raise KDError(f"--repdistiller runs KD and CRD cells; {cell.id} is neither")
+        if (device.type == "cuda") != torch.cuda.is_available():
+            raise KDError("RepDistiller's loop uses CUDA whenever it is available: bench on --device cuda there, "
+                          "on the CPU only where no GPU is visible")
 
     def steps(self, n: int):
         if self.it is None:
@@ -209,6 +214,8 @@ def bench(cell_id: str, *, modes=None, device=None, steps=30, warmup=10, rounds=
     if threads:
         torch.set_num_threads(threads)
     cell = find_cell(cell_id)
+    if repdistiller:
+        RepDistiller.check(Path(repdistiller), cell, dev)
     recipe = load_recipe(cell.recipe)
     if batch_size:
         recipe = recipe.with_overrides(batch_size=batch_size)

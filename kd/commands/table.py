@@ -54,7 +54,7 @@ def run_table(name: str, seeds: list[int], overrides: dict, env, group: bool = T
     todo = []
     for spec in (RunSpec.of(c, s, overrides) for c in cells for s in dict.fromkeys(seeds)):
         if spec.key in active:
-            print(f"{spec.id} seed {spec.seed}: already {active[spec.key]} on the cluster (`kd list --status`); skipped")
+            print(f"{spec.id} seed {spec.seed}: {active[spec.key]} on the cluster (`kd list --status`); skipped")
         elif spec.key not in done:
             todo.append(spec)
     print(f"table {name}: {len(todo)} run(s) to train" + (f", {len(done)} already recorded" if done else ""))
@@ -69,10 +69,10 @@ def _done(results_dir) -> set:
 
 
 def _submitted_and_active(store, results_dir) -> dict:
-    """(cell id, seed) -> queued | running for runs submitted with --executor slurm (kd.commands.slurm),
-    so that training here never duplicates them."""
+    """(cell id, seed) -> how it stands (queued, running, unknown: kd.commands.jobs) for runs submitted with
+    --executor slurm, so that training here never duplicates them."""
+    from kd.commands.jobs import ACTIVE, run_states
     from kd.records.store import store_root
     if not (store_root(store) / "jobs").is_dir():
         return {}
-    from kd.commands.slurm import run_states
-    return {k: v["state"] for k, v in run_states(store, results_dir).items() if v["state"] in ("queued", "running")}
+    return {k: f"already {v['shown']}" for k, v in run_states(store, results_dir).items() if v["state"] in ACTIVE}

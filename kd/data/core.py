@@ -20,7 +20,7 @@ import torch
 from kd.errors import KDError
 
 def data_root(override: str | os.PathLike | None = None) -> Path:
-    return Path(override or os.environ.get("KD_DATA_ROOT", "data"))
+    return Path(override or os.environ.get("KD_DATA_ROOT") or "data")          # an empty KD_DATA_ROOT is unset
 
 
 @dataclass

@@ -176,14 +176,32 @@ def read_image_folder(d: Path, size: int | None = None) -> tuple[torch.Tensor, t
     return torch.from_numpy(np.stack(xs)), torch.tensor(ys), classes
 
 
+def _read_cache(cache: Path):
+    """(x, y, classes) from a cache file, or None (with one warning line) when it is damaged (torn,
+    truncated, foreign): the caller decodes the folder again and replaces it."""
+    import zipfile
+    try:
+        with np.load(cache, allow_pickle=False) as z:
+            x, y, classes = z["x"], z["y"], [str(c) for c in z["classes"]]
+        if not (x.dtype == np.uint8 and x.ndim == 4 and y.ndim == 1 and len(x) == len(y) and y.dtype.kind in "iu"):
+            raise ValueError("arrays of another shape or type")
+        return torch.from_numpy(x), torch.from_numpy(y.astype(np.int64)), classes
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as e:
+        import sys
+        print(f"kd: warning: damaged image cache {cache} ({type(e).__name__}: {str(e)[:80]}); decoding the images "
+              f"again and rebuilding it", file=sys.stderr)
+        return None
+
+
 def _cached_folder(d: Path, size: int | None):
     """Decode once, cache as .npz under $KD_CACHE (default ~/.cache/kd) keyed by path, names and mtimes."""
     files = sorted(str(p.relative_to(d)) + str(p.stat().st_mtime_ns) for p in d.rglob("*") if p.is_file())
     key = hashlib.sha256(("\n".join(files) + f"|{size}").encode()).hexdigest()[:16]
-    cache = Path(os.environ.get("KD_CACHE", Path.home() / ".cache" / "kd")) / f"{d.parent.name}_{d.name}_{key}.npz"
+    cache = Path(os.environ.get("KD_CACHE") or Path.home() / ".cache" / "kd") / f"{d.parent.name}_{d.name}_{key}.npz"
     if cache.is_file():
-        z = np.load(cache)
-        return torch.from_numpy(z["x"]), torch.from_numpy(z["y"]), list(z["classes"])
+        hit = _read_cache(cache)
+        if hit is not None:
+            return hit
     x, y, classes = read_image_folder(d, size)
     tmp = None
     try:

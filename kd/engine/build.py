@@ -8,21 +8,30 @@ from kd.engine import dist
 from kd.engine.distiller import Distiller
 from kd.engine.member import Member
 from kd.engine.teacher import Teachers, teacher_mode, teacher_run
-from kd.records.results import results_file
-from kd.records.store import check_writable, load_state, run_lock, state_path
+from kd.records.files import check_inside, probe_locks
+from kd.records.log import csv_path
+from kd.records.results import results_file, results_root
+from kd.records.store import check_writable, load_state, lock_path, run_lock, state_path
 
 
 def validate(specs: list, env) -> None:
     """Everything that can be refused before a file is written: names, hyperparameters, teacher modes,
-    the global batch over the ranks, the results file and the store, a foreign resume state."""
+    the global batch over the ranks, the results file, per-epoch log and store (writable, no links, locks
+    supported), a foreign resume state."""
     import kd.methods
     check_writable(env.store, "checkpoint store", folder=True)
+    probe_locks(env.store)
+    probe_locks(results_root(env.results))
     for spec in specs:
         validate_names(spec.cell)
         kd.methods.check_terms(spec.cell)
         teacher_mode(spec.cell)
         dist.check_batch(spec.recipe.batch_size, dist.world().size)
         check_writable(results_file(spec.cell.dataset, env.results), "results file", folder=False)
+        for path, root, what in ((csv_path(spec.id, spec.seed, env.results), results_root(env.results), "per-epoch log"),
+                                 (lock_path(env.store, spec.id, spec.seed), env.store, "lock file")):
+            check_writable(path, what, folder=False)
+            check_inside(path, root, what)
         load_state(state_path(spec.id, spec.seed, env.store), spec.digest)
 
 

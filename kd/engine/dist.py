@@ -66,11 +66,59 @@ def world() -> World:
 
 
 def launch_rank() -> int:
-    """This process's rank as the launcher set it (also before the process group exists)."""
-    for var in ("RANK", "SLURM_PROCID"):
-        if os.environ.get(var, "").isdigit():
-            return int(os.environ[var])
+    """This process's rank among several kd processes, for deciding who prints: the joined process
+    group's rank, else torchrun's RANK (torchrun sets TORCHELASTIC_RUN_ID beside it), else 0. A stray
+    RANK or SLURM_PROCID in the environment of a lone process never silences it."""
+    if _WORLD.size > 1:
+        return _WORLD.rank
+    if os.environ.get("TORCHELASTIC_RUN_ID") and os.environ.get("RANK", "").isdigit():
+        return int(os.environ["RANK"])
     return 0
+
+
+def _env_int(var: str, default: int) -> int:
+    v = os.environ.get(var, "").strip()
+    if not v:
+        return default
+    if not (v.isascii() and v.isdigit()):
+        raise KDError(f"{var}={os.environ[var]!r} in the environment is not a whole number; unset it, or start "
+                      f"several processes with torchrun")
+    return int(v)
+
+
+def environment() -> tuple[int, int, int]:
+    """(rank, world size, local rank) as torchrun sets them (RANK, WORLD_SIZE, LOCAL_RANK, with
+    MASTER_ADDR/PORT for the rendezvous), checked: a WORLD_SIZE without the rest (set by hand, or left
+    over from another launcher) is one line, never a traceback from the rendezvous."""
+    size = _env_int("WORLD_SIZE", 1)
+    if size <= 1:
+        return 0, 1, 0
+    missing = [v for v in ("RANK", "MASTER_ADDR", "MASTER_PORT") if not os.environ.get(v, "").strip()]
+    if missing:
+        raise KDError(f"WORLD_SIZE={size} in the environment without {', '.join(missing)}: start the processes with "
+                      f"torchrun (torchrun --nproc_per_node {size} -m kd ...) or unset WORLD_SIZE")
+    rank, local = _env_int("RANK", 0), _env_int("LOCAL_RANK", 0)
+    if rank >= size:
+        raise KDError(f"RANK={rank} in the environment is not below WORLD_SIZE={size}")
+    _env_int("MASTER_PORT", 0)
+    return rank, size, local
+
+
+def torchrun_error_file(message: str) -> None:
+    """Under torchrun, hand the one-line error to torchrun's error file (TORCHELASTIC_ERROR_FILE, in
+    the format of torch.distributed.elastic's ErrorHandler), so that its failure report names it as
+    the root cause instead of a hint about tracebacks."""
+    import json
+    import time
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if not path or not os.environ.get("TORCHELASTIC_RUN_ID"):
+        return
+    try:
+        with open(path, "w") as f:
+            json.dump({"message": {"message": message, "extraInfo": {"py_callstack": message,
+                                                                       "timestamp": str(int(time.time()))}}}, f)
+    except OSError:
+        pass
 
 
 def _from_submitit() -> None:
@@ -78,8 +126,13 @@ def _from_submitit() -> None:
     if "WORLD_SIZE" in os.environ or not os.environ.get("SUBMITIT_EXECUTOR"):
         return
     import submitit
-    if submitit.JobEnvironment().num_tasks > 1:
-        submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    try:
+        env = submitit.JobEnvironment()
+        if env.num_tasks > 1:
+            submitit.helpers.TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+    except (KeyError, ValueError, RuntimeError) as e:
+        raise KDError(f"SUBMITIT_EXECUTOR={os.environ['SUBMITIT_EXECUTOR']!r} in the environment, but this process is "
+                      f"not a submitit job ({type(e).__name__}: {e}); unset it") from None
 
 
 def check_batch(batch_size: int, size: int, num_train: int | None = None) -> None:
@@ -100,11 +153,10 @@ def setup(device: torch.device | None, batch_size: int) -> torch.device:
         check_batch(batch_size, _WORLD.size)
         return device or _rank_device(_WORLD.local_rank)
     _from_submitit()
-    size = int(os.environ.get("WORLD_SIZE", "1"))
+    _, size, local = environment()
     if size <= 1:
         return device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     check_batch(batch_size, size)
-    local = int(os.environ.get("LOCAL_RANK", "0"))
     if device is None:
         device = _rank_device(local)
     elif device.type == "cuda" and device.index is None:

@@ -32,8 +32,11 @@ def load_weights(model: torch.nn.Module, path) -> torch.nn.Module:
     state_dict; strips a leading 'module.' (DataParallel). Loads with weights_only=True, so a
     pickle that would run code is refused. Every failure is a one-line KDError.
     """
+    import warnings
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        with warnings.catch_warnings():          # torch's note on a foreign pickle protocol: not a second line
+            warnings.simplefilter("ignore", UserWarning)
+            obj = torch.load(path, map_location="cpu", weights_only=True)
     except FileNotFoundError:
         raise KDError(f"checkpoint {path} does not exist") from None
     except Exception as e:  # noqa: BLE001 - any unreadable file gets the same one-line refusal

@@ -22,6 +22,7 @@ is an optional extra (pip install 'kd-bench[tensorboard]'), imported only when a
 from __future__ import annotations
 
 import csv
+import io
 import os
 import sys
 from pathlib import Path
@@ -63,6 +64,12 @@ def run_file_name(cid: str) -> str:
     return cid.replace("/", "__").replace("~", "@")
 
 
+def csv_path(cid: str, seed: int, results_dir=None) -> Path:
+    """<results>/curves/<cell id, '/' -> '__'>/seed<k>.csv"""
+    from kd.records.results import results_root
+    return results_root(results_dir) / "curves" / run_file_name(cid) / f"seed{seed}.csv"
+
+
 class EpochLog:
     def __init__(self, name: str, seed: int, total: int, done: int, progress: bool, csv_path: Path | None,
                  tensorboard: Path | None = None, stream=None):
@@ -75,11 +82,8 @@ class EpochLog:
                             file=self.stream)
         self.lines = self.bar is None and not _CONFIG["quiet"]
         self.csv_path = csv_path
-        if csv_path is not None:
-            csv_path.parent.mkdir(parents=True, exist_ok=True)
-            if done == 0 or not csv_path.is_file():
-                with open(csv_path, "w", newline="") as f:
-                    csv.writer(f).writerow(FIELDS)
+        if csv_path is not None and (done == 0 or not csv_path.is_file()):
+            self._csv_row(FIELDS, truncate=True)
         self.writer = None
         if tensorboard is not None:
             self.writer = summary_writer()(log_dir=str(tensorboard / run_file_name(name) / f"seed{seed}"))
@@ -87,10 +91,30 @@ class EpochLog:
 
     @classmethod
     def for_run(cls, cid: str, seed: int, results_dir, progress: bool, total: int, done: int) -> "EpochLog":
-        """The logger of run (cid, seed): its per-epoch CSV under <results>/curves/."""
+        """The logger of run (cid, seed): its per-epoch CSV under <results>/curves/ (no link out of it)."""
+        from kd.records.files import check_inside
         from kd.records.results import results_root
-        csv_path = results_root(results_dir) / "curves" / run_file_name(cid) / f"seed{seed}.csv"
-        return cls(cid, seed, total, done, progress, csv_path, _CONFIG["tensorboard"])
+        path = csv_path(cid, seed, results_dir)
+        check_inside(path, results_root(results_dir), "per-epoch log")
+        return cls(cid, seed, total, done, progress, path, _CONFIG["tensorboard"])
+
+    def _csv_row(self, row, truncate: bool = False) -> None:
+        """One CSV row (the header with truncate=True), never through a symbolic link (refused in one
+        line). The CSV is a convenience beside the result line: a write that fails (a full or read-only
+        disk) is one warning line, and the run goes on without it."""
+        from kd.records.files import open_write
+        buf = io.StringIO()
+        csv.writer(buf).writerow(row)
+        try:
+            self.csv_path.parent.mkdir(parents=True, exist_ok=True)
+            fd = open_write(self.csv_path, os.O_WRONLY | os.O_CREAT | (os.O_TRUNC if truncate else os.O_APPEND),
+                            "per-epoch log")
+            with os.fdopen(fd, "w", newline="") as f:
+                f.write(buf.getvalue())
+        except OSError as e:
+            print(f"kd: warning: cannot write the per-epoch log {self.csv_path} ({e.strerror or e}); "
+                  f"the run goes on without it (its result line keeps the curve)", file=sys.stderr)
+            self.csv_path = None
 
     def epoch(self, entry: dict, stage, images: int, elapsed: float) -> None:
         """Log one evaluated epoch; `images`/`elapsed` are the run's running totals (training only)."""
@@ -111,9 +135,8 @@ class EpochLog:
                 f"top5 {entry['top5']:.2f}", f"lr {entry['lr']:.4g}"] + ([f"img/s {ips:.0f}"] if ips else [])
             print(" ".join(parts), file=self.stream, flush=True)
         if self.csv_path is not None:
-            with open(self.csv_path, "a", newline="") as f:
-                csv.writer(f).writerow([sname, entry["epoch"], entry["train_loss"], entry["top1"], entry["top5"],
-                                        entry["lr"], round(ips, 1) if ips else ""])
+            self._csv_row([sname, entry["epoch"], entry["train_loss"], entry["top1"], entry["top5"], entry["lr"],
+                           round(ips, 1) if ips else ""])
         if self.writer is not None:
             for tag, v in (("train/loss", entry["train_loss"]), ("test/top1", entry["top1"]),
                            ("test/top5", entry["top5"]), ("lr", entry["lr"]), ("images_per_s", ips)):

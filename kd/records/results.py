@@ -13,6 +13,7 @@ Record fields (schema 1):
     top1_last, top5_last            accuracy (%) at the last epoch
     top1_best, top5_best, best_epoch   accuracy (%) at the epoch of best top-1 (test set, as mdistiller)
     curve           [{"epoch", "top1", "top5", "train_loss", "lr"}, ...] one entry per evaluated epoch
+                    (checked by the reader like the accuracies: a line with a malformed curve is skipped)
     config          the resolved cell + recipe (after overrides), as run
     git             {"commit", "dirty"}
     versions        {"python", "torch", "torchvision", "kd", ...}
@@ -36,6 +37,8 @@ import json
 import os
 import sys
 from pathlib import Path
+
+from kd.records.files import NotReadable, read_regular
 
 SCHEMA = 1
 
@@ -69,13 +72,14 @@ def append_record(record: dict, path: Path) -> None:
     only for a record that is wholly on disk (fsync'ed)."""
     from kd.errors import KDError
     line = (json.dumps(record, sort_keys=True, allow_nan=False) + "\n").encode()
+    from kd.records.files import flock, open_write
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, 0o644)
+        fd = open_write(path, os.O_RDWR | os.O_APPEND | os.O_CREAT, "results file")
     except OSError as e:
         raise KDError(f"cannot write result line to {path}: {e.strerror or e}") from None
     try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
+        flock(fd, path, fcntl.LOCK_EX)
         size = os.fstat(fd).st_size
         if size and os.pread(fd, 1, size - 1) != b"\n":
             line = b"\n" + line               # start on a fresh line after a torn tail
@@ -92,8 +96,7 @@ def append_record(record: dict, path: Path) -> None:
                 pass
             raise KDError(f"result line NOT recorded in {path}: {e.strerror or e}; the file is as it was") from None
     finally:
-        fcntl.flock(fd, fcntl.LOCK_UN)
-        os.close(fd)
+        os.close(fd)                          # releases the lock
 
 
 def _order(root: Path, f: Path) -> tuple:
@@ -133,7 +136,34 @@ def check_record(rec) -> str | None:
         required = rec["status"] == "ok" and k in _NUMBER_KEYS[:4]
         if (required or rec.get(k) is not None) and not _num(rec.get(k)):
             return f"'{k}' is {json.dumps(rec.get(k))}, not a number in [0, 100]"
+    return _check_curve(rec.get("curve"))
+
+
+def _check_curve(curve) -> str | None:
+    """Why a record's curve is not a list of {"epoch": int >= 1, "top1", "top5": numbers in [0, 100],
+    "train_loss", "lr": numbers}, or None (an absent curve is fine)."""
+    if curve is None:
+        return None
+    if not isinstance(curve, list):
+        return f"'curve' is a {type(curve).__name__}, not a list of epochs"
+    for i, e in enumerate(curve):
+        if not isinstance(e, dict):
+            return f"curve[{i}] is not an object"
+        ep = e.get("epoch")
+        if not isinstance(ep, int) or isinstance(ep, bool) or ep < 1:
+            return f"curve[{i}]: 'epoch' is {_show(ep)}, not a whole number >= 1"
+        for k in ("top1", "top5"):
+            if not _num(e.get(k)):
+                return f"curve[{i}]: '{k}' is {_show(e.get(k))}, not a number in [0, 100]"
+        for k in ("train_loss", "lr"):
+            if not isinstance(e.get(k), (int, float)) or isinstance(e.get(k), bool):
+                return f"curve[{i}]: '{k}' is {_show(e.get(k))}, not a number"
     return None
+
+
+def _show(v) -> str:
+    t = json.dumps(v)
+    return t if len(t) <= 40 else t[:37] + "..."
 
 
 def _reject_constant(name):
@@ -156,7 +186,10 @@ def scan_records(root: Path | None = None) -> tuple[list[dict], list[str]]:
             problems.append(f"{f}: a folder named *.jsonl, not a results file")
             continue
         try:
-            data = f.read_bytes()
+            data = read_regular(f)
+        except NotReadable as e:
+            problems.append(f"{f}: {e}")
+            continue
         except OSError as e:
             problems.append(f"{f}: unreadable ({e.strerror or e})")
             continue

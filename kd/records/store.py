@@ -8,7 +8,8 @@ sidecars, resumable run states, and the locks that keep two processes from train
 
 Every file is written to a temporary file unique to the writing process, in the same folder, and
 moved into place with os.replace, so a reader never sees half a file and two writers never share
-a temporary file. A resume state carries a digest of the resolved configuration (config_digest);
+a temporary file. (torch is imported where it is used: `kd list --status` reads the store without it.)
+A resume state carries a digest of the resolved configuration (config_digest);
 (kd.catalog.spec.RunSpec.digest); a state whose digest differs from the run's is refused, never resumed with other settings.
 """
 from __future__ import annotations
@@ -19,15 +20,18 @@ import hashlib
 import os
 import tempfile
 from pathlib import Path
-
-import torch
-from torch import nn
+from typing import TYPE_CHECKING
 
 from kd.errors import KDError
 
+if TYPE_CHECKING:
+    import torch
+from kd.records.files import check_inside, flock, open_write
+
 def store_root(override: str | os.PathLike | None = None) -> Path:
-    """Where checkpoints and resumable run states live (--store, KD_STORE, default ./checkpoints)."""
-    return Path(override or os.environ.get("KD_STORE", "checkpoints"))
+    """Where checkpoints and resumable run states live (--store, KD_STORE, default ./checkpoints; an
+    empty KD_STORE is unset, never the working directory)."""
+    return Path(override or os.environ.get("KD_STORE") or "checkpoints")
 
 
 def sha256_file(path: Path) -> str:
@@ -70,16 +74,22 @@ def atomic_write(path: Path, write) -> None:
 
 def _torch_save(obj, tmp: Path) -> None:
     """torch.save through a file object: a path would put the (unique) temporary name into the
-    archive, and the same weights would get another sha256."""
+    archive, and the same weights would get another sha256. torch's writer reports a failed write (a
+    full disk, `ulimit -f`) as a RuntimeError: raised here as the OSError it is."""
+    import torch
     with open(tmp, "wb") as f:
-        torch.save(obj, f)
+        try:
+            torch.save(obj, f)
+        except RuntimeError as e:            # e.g. "[enforce fail at inline_container.cc:671] . unexpected pos"
+            why = str(e).splitlines()[0].split("] ")[-1].strip(" .")[:120]
+            raise OSError(f"torch.save could not write the file ({why}: a full disk or a file-size limit)") from None
 
 
 def _write_sidecar(path: Path, digest: str, source: str) -> None:
     atomic_write(path.with_suffix(".sha256"), lambda t: t.write_text(f"{digest}  {source}\n"))
 
 
-def save_checkpoint(model: nn.Module, path: Path, source: str = "trained") -> str:
+def save_checkpoint(model: "torch.nn.Module", path: Path, source: str = "trained") -> str:
     """Plain state_dict + a sidecar with its sha256; returns the sha256."""
     sd = {k: v.contiguous() for k, v in model.state_dict().items()}   # canonical layout: the bytes (and
     atomic_write(path, lambda t: _torch_save(sd, t))                   # sha256) do not depend on channels_last
@@ -130,8 +140,13 @@ def load_state(path: Path, digest: str, teacher_sha256: str | None = None, check
     if not path.is_file():
         return None
     start_over = f"to start over, delete it: rm '{path}'"
+    import warnings
+
+    import torch
     try:
-        state = torch.load(path, map_location=map_location, weights_only=True)
+        with warnings.catch_warnings():      # torch's note on a foreign pickle protocol: not a second line
+            warnings.simplefilter("ignore", UserWarning)
+            state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # noqa: BLE001 - truncated, foreign or malicious: one refusal
         raise KDError(f"{path}: unreadable resume state ({type(e).__name__}); {start_over}") from None
     if not isinstance(state, dict) or not isinstance(state.get("config_digest"), str):
@@ -146,6 +161,10 @@ def load_state(path: Path, digest: str, teacher_sha256: str | None = None, check
 
 # --- locks and writability -------------------------------------------------------------------------
 
+def lock_path(store: Path, cid: str, seed: int) -> Path:
+    return store / "runs" / safe_name(cid) / f"seed{seed}.lock"
+
+
 @contextlib.contextmanager
 def run_lock(store: Path, cid: str, seed: int):
     """Hold an exclusive lock on (cell, seed) in the store while the run trains. A second process
@@ -153,15 +172,16 @@ def run_lock(store: Path, cid: str, seed: int):
     and append a duplicate line). The lock goes with the process (flock), so a killed run leaves
     no stale lock; the lock file is removed on release (while still held; a process that opened
     the removed file notices that its file is no longer the lock file and opens it again)."""
-    path = store / "runs" / safe_name(cid) / f"seed{seed}.lock"
+    path = lock_path(store, cid, seed)
+    check_inside(path, store, "lock file")
     while True:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+            fd = open_write(path, os.O_RDWR | os.O_CREAT, "lock file")
         except OSError as e:
             raise KDError(f"cannot write to the store {store}: {e.strerror or e}") from None
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            flock(fd, path, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
             raise KDError(f"{cid} seed {seed} is being trained by another process right now (lock {path}); "
@@ -183,8 +203,12 @@ def run_lock(store: Path, cid: str, seed: int):
 def check_writable(path: Path, what: str, folder: bool) -> None:
     """Refuse, before anything is trained, a folder (folder=True) or file that cannot be written:
     it is writable and of its kind, or it does not exist yet and its nearest existing ancestor is a
-    writable folder. A dangling link is refused (writing would create its target). Creates nothing."""
+    writable folder. A dangling link is refused (writing would create its target), and so is a file
+    that is a link (kd writes no file through a link: kd.records.files). Creates nothing."""
     p = Path(path).absolute()
+    if not folder and p.is_symlink():
+        raise KDError(f"cannot write the {what} {path}: it is a symbolic link (kd writes no file through a link; "
+                      f"remove it)")
     if p.exists() or p.is_symlink():
         kind_ok = p.is_dir() if folder else (p.is_file() and not p.is_dir())
         if not (kind_ok and os.access(p, os.W_OK)):
