@@ -132,6 +132,7 @@ sys.exit(main(sys.argv[1:]))
 """
 
 
+@pytest.mark.slow
 def test_sigterm_says_how_to_resume_and_the_same_command_resumes_exactly(tmp_path):
     """SIGTERM (`kill`, a scheduler's stop) ends `kd run` as Ctrl-C does: one line saying how to resume,
     exit status 143, no result line; the same command resumes after the saved epoch and ends with the

@@ -116,6 +116,7 @@ def test_a_requeued_run_is_the_same_run():
     assert isinstance(again.function, CellRun) and vars(again.function) == vars(run) and again.args == ()
 
 
+@pytest.mark.slow
 def test_runs_through_submitit_give_the_in_process_lines_also_after_preemption(tmp_path, monkeypatch):
     """A KD cell whose teacher is not stored, through submitit's local executor (pickled CellRun,
     subprocesses, submitit's result files): the teacher job first, then the student's. The student is
