@@ -324,6 +324,49 @@ def test_list_filters_that_match_nothing_say_so(capsys):
     assert code == 2 and "no cell matches --method foo" in err and "crd+kd" in err
 
 
+def test_list_status_says_which_done_teachers_have_no_stored_checkpoint(tmp_path, capsys):
+    """A teacher's result line without its checkpoint in the store: `kd run` of a student trains the teacher
+    again, so `kd list --status` does not call it plainly done."""
+    from kd.records.store import checkpoint_path
+    _write(tmp_path / "r" / "digits.jsonl", [_line(TEACHER_CELL, 0), _line(BASE_CELL, 0)])
+    args = ["list", "--status", "--table", "recorded_digits", "--results", tmp_path / "r", "--store", tmp_path / "s"]
+    code, out, _ = _main(capsys, *args)
+    rows = {ln.split()[0]: ln for ln in out.splitlines() if ln.startswith("digits-")}
+    assert code == 0 and rows[TEACHER_CELL].endswith(" 0:done,no-checkpoint") and rows[BASE_CELL].endswith(" 0:done")
+    assert f"not in the store {tmp_path / 's'}/), so a student's `kd run` trains this teacher again" in out
+    checkpoint_path(TEACHER_CELL, 0, tmp_path / "s").parent.mkdir(parents=True)
+    checkpoint_path(TEACHER_CELL, 0, tmp_path / "s").write_bytes(b"stored")
+    code, out, _ = _main(capsys, *args)
+    assert code == 0 and "no-checkpoint" not in out and f"{TEACHER_CELL} " in out
+
+
+def test_list_footer_speaks_of_committed_lines_only_where_there_are(tmp_path, capsys, monkeypatch):
+    monkeypatch.delenv("KD_RESULTS", raising=False)
+    monkeypatch.chdir(REPO)                                       # a checkout: committed lines under results/
+    assert "(committed, and yours in results/local/)" in _main(capsys, "list", "--dataset", "digits")[1]
+    monkeypatch.chdir(tmp_path)                                   # elsewhere (an installed wheel): none
+    code, out, _ = _main(capsys, "list", "--dataset", "digits")
+    assert code == 0 and "runs counted from the result lines under results/;" in out and "committed" not in out
+
+
+def test_find_and_compare_print_published_numbers_as_printed(tmp_path, capsys):
+    """crd2020_table1 prints 72.50 (resnet8x4 baseline): shown as 72.50, not 72.5."""
+    code, out, _ = _main(capsys, "find", "72.50", "--table", "crd2020_table1")
+    assert code == 0 and any(ln.startswith("72.50 ") and "cifar100/baseline/resnet8x4/crd" in ln for ln in out.splitlines())
+    _write(tmp_path / "cifar100.jsonl", [_line("cifar100/baseline/resnet8x4/crd", 0, 72.0)])
+    code, out, _ = _main(capsys, "compare", "--table", "crd2020_table1", "--results", tmp_path)
+    (row,) = [ln for ln in out.splitlines() if " Student " in ln and "resnet32x4 → resnet8x4" in ln]
+    assert code == 0 and " 72.50 " in row and " 72.5 " not in row
+
+
+def test_table_ends_with_its_verdict_counts(isolated, capsys):
+    code, out, _ = _main(capsys, "table", "recorded_digits", "--epochs", "1", "--device", "cpu", "--no-progress")
+    last = out.splitlines()[-1]
+    assert code == 0 and last.startswith("recorded_digits: ") and "(`kd compare --table recorded_digits`" in last
+    counts = [int(n) for n in re.findall(r"(\d+) [a-z]", last.split(" (")[0])]
+    assert sum(counts) == 3, last                                   # the table's three entries, each counted once
+
+
 def test_run_skips_a_recorded_seed_unless_forced(isolated, capsys, monkeypatch):
     import kd.engine
     calls = []
