@@ -6,8 +6,11 @@ Arguments are checked (seeds, device, overrides, output folders) before anything
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from kd.errors import KDError
@@ -274,6 +277,7 @@ def cmd_list(a):
         from kd.commands.jobs import run_states
         for (cid, seed), st in run_states(a.store, Path(a.results) if a.results else None).items():
             states.setdefault(cid, {})[seed] = st["shown"]          # failed(OUT_OF_MEMORY), queued(PREEMPTED)
+        unstored = _unstored_teachers(cells, states, a.store)
     rows = list_rows(cells, records, a.dataset, a.method, a.status if a.status in ("done", "missing") else None)
     if a.status:                     # runs known only by their jobs (no result line yet): under their cell
         shown = {row[0].removeprefix(QUICK) for row in rows}
@@ -290,9 +294,38 @@ def cmd_list(a):
     print(tabulate(rows, headers=["cell", "runs", "seeds"] + (["state (seed:state)"] if a.status else []),
                    tablefmt="simple"))
     n = sum(not r[0].startswith(QUICK) for r in rows)
-    print(f"{n} cells; runs counted from the result lines under {read_root(a.results)}/"
-          + ("" if a.results or os.environ.get("KD_RESULTS") else " (committed, and yours in results/local/)")
+    root = read_root(a.results)
+    committed = not (a.results or os.environ.get("KD_RESULTS")) and any(root.glob("*.jsonl"))
+    print(f"{n} cells; runs counted from the result lines under {root}/"
+          + (" (committed, and yours in results/local/)" if committed else "")
           + f"; {QUICK.strip()} rows: runs with overrides (quick checks, not the published protocol)")
+    if a.status and unstored:
+        from kd.records.store import store_root
+        print(f"{NO_CKPT}: a teacher's result line is there but not its checkpoint (not in the store "
+              f"{store_root(a.store)}/), so a student's `kd run` trains this teacher again first; "
+              f"`kd import-teacher` stores a checkpoint you have")
+
+
+NO_CKPT = "done,no-checkpoint"
+
+
+def _unstored_teachers(cells, states, store) -> set:
+    """Marks, in `states`, the done seeds of teacher cells whose checkpoint is not in the store (as
+    NO_CKPT); the (cell id, seed) so marked."""
+    from kd.catalog.cells import load_recipe
+    from kd.records.store import checkpoint_path, store_root
+    recipes, teachers = {}, set()
+    for c in cells.values():
+        if c.teacher:
+            recipe = recipes.setdefault(c.recipe, load_recipe(c.recipe))
+            teachers.add(c.teacher_cell(recipe).id)
+    marked = set()
+    for cid in teachers & set(states):
+        for seed, st in states[cid].items():
+            if st == "done" and not checkpoint_path(cid, seed, store_root(store)).is_file():
+                states[cid][seed] = NO_CKPT
+                marked.add((cid, seed))
+    return marked
 
 
 def cmd_find(a):
@@ -307,7 +340,7 @@ def cmd_find(a):
     if not entries:
         raise KDError("no reference entry matches; `kd find --table T` lists a table's entries")
     cells = load_cells(check=False)
-    print(tabulate([[f"{e.value:g}" + (f" ± {e.std:g}" if e.std else ""), e.table_id, e.row, e.column, e.cell_id,
+    print(tabulate([[e.printed, e.table_id, e.row, e.column, e.cell_id,
                      command_for(e, cells)] for e in entries],
                    headers=["published", "table", "row", "column", "cell", "command"], disable_numparse=True))
     print(f"{len(entries)} entries")
@@ -351,6 +384,11 @@ def cmd_table(a):
     _raise_failed(run_table(a.name, a.seed, ov, _env(a), group=not a.no_group))
     a.table, a.out = [a.name], None
     cmd_report(a)
+    from kd.analysis.compare import summary
+    counts = summary(_compare(a.results, [a.name])[2]).get(a.name, {})
+    main_four = ("reproduced", "below", "above", "missing")
+    print(f"{a.name}: " + ", ".join(f"{counts.get(v, 0)} {v}" for v in main_four + tuple(sorted(set(counts) - set(main_four))))
+          + f" (`kd compare --table {a.name}` gives each entry)")
 
 
 def _not_used(a, why: str, *flags: str) -> None:
@@ -405,13 +443,35 @@ def _closed_pipe() -> int:
     return 141
 
 
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM (`kill`, a scheduler stopping the job), raised where the command is, as Ctrl-C raises
+    KeyboardInterrupt: the same unwinding (locks released) and the same one line on how to resume."""
+
+
+@contextlib.contextmanager
+def _sigterm_raises():
+    """SIGTERM raises _Terminated while a command runs (main thread only; the previous handler after)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def raise_terminated(signum, frame):
+        raise _Terminated()
+    previous = signal.signal(signal.SIGTERM, raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     import kd
     p = _Parser(prog="kd", description="Knowledge-distillation benchmark suite")
     p.add_argument("--version", action="version", version=f"kd {kd.__version__}")
     sub = p.add_subparsers(dest="cmd", required=True)
 
-    r = sub.add_parser("run", help="train one cell (its teacher first when none is stored)")
+    r = sub.add_parser("run", help="train one or more cells, each for the given seeds (their teachers first when "
+                                    "none is stored)")
     r.add_argument("cell", nargs="+", help="cell id(s), e.g. cifar100/kd/resnet8x4_from_resnet32x4/crd (see `kd list`); "
                                            "several cells that share a teacher train together (--no-group: one by one)")
     r.add_argument("--no-group", action="store_true", help="with several cells: run them one by one")
@@ -519,14 +579,16 @@ def main(argv: list[str] | None = None) -> int:
     except SystemExit as e:               # --help (0) or a usage error (2, one line: _Parser.error)
         return e.code if isinstance(e.code, int) else 2
     try:
-        code = a.fn(a) or 0
-        sys.stdout.flush()                # a closed pipe shows here, not at exit
+        with _sigterm_raises():
+            code = a.fn(a) or 0
+            sys.stdout.flush()            # a closed pipe shows here, not at exit
         return code
     except KDError as e:
         return _fail(e)
-    except KeyboardInterrupt:
-        print("kd: interrupted; run the same command again to resume", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as e:                     # Ctrl-C, or SIGTERM (_Terminated)
+        stopped = "terminated (SIGTERM)" if isinstance(e, _Terminated) else "interrupted"
+        print(f"kd: {stopped}; run the same command again to resume", file=sys.stderr)
+        return 143 if isinstance(e, _Terminated) else 130
     except BrokenPipeError:
         return _closed_pipe()
 

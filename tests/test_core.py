@@ -38,7 +38,8 @@ def test_cifar_reader_and_missing_dataset(data_root, tmp_path):
         load_dataset("cifar1000", data_root)
 
 
-def test_svhn_and_image_folder_readers(tmp_path):
+def test_svhn_and_image_folder_readers(tmp_path, monkeypatch):
+    monkeypatch.setenv("KD_CACHE", str(tmp_path / "cache"))          # never the user's ~/.cache/kd
     import numpy as np
     from PIL import Image
     from scipy.io import savemat
@@ -56,6 +57,26 @@ def test_svhn_and_image_folder_readers(tmp_path):
     ds = image_folder(tmp_path / "folder", "folder", size=32)
     assert ds.info["classes"] == ["cat", "dog"] and ds.train_x.shape == (2, 3, 32, 32)
     assert ds.train_x[0, 0].float().mean() > 200 and ds.train_x[1, 2].float().mean() > 200
+
+
+def test_building_an_image_folder_cache_says_so_once(tmp_path, monkeypatch, capsys):
+    """The first read of an image folder decodes every image: one line says so (and where the cache
+    goes); the next read comes from the cache, silently and identical."""
+    from PIL import Image
+    from kd.data.readers import image_folder
+    monkeypatch.setenv("KD_CACHE", str(tmp_path / "cache"))
+    for split in ("train", "test"):
+        for c, colour in (("cat", (255, 0, 0)), ("dog", (0, 0, 255))):
+            (tmp_path / "f" / split / c).mkdir(parents=True)
+            for i in range(3):
+                Image.new("RGB", (32, 32), colour).save(tmp_path / "f" / split / c / f"{i}.png")
+    first = image_folder(tmp_path / "f", "f")
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"kd: decoding the 12 files of {tmp_path / 'f'} (train, test) once, into the cache "
+                           f"{tmp_path / 'cache'} "), line
+    again = image_folder(tmp_path / "f", "f")
+    assert capsys.readouterr().err == "" and torch.equal(first.train_x, again.train_x)
+    assert len(list((tmp_path / "cache").glob("*.npz"))) == 2
 
 
 def test_augmentation_is_zero_padded_crop_and_flip(data_root):

@@ -52,6 +52,7 @@ def _lines(folder):
     return [json.loads(l) for f in sorted(folder.glob("*.jsonl")) for l in f.read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_two_ranks_train_like_one_process_and_resume_exactly(tmp_path):
     torch.multiprocessing.spawn(_worker, args=(2, _free_port(), str(tmp_path)), nprocs=2, join=True)
     one = run_cell(find_cell(CELL), 0, device="cpu", overrides=OV, progress=False, log=lambda *a, **k: None,
@@ -119,6 +120,7 @@ def _cli_worker(rank: int, size: int, port: int, root: str):
     torch.distributed.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_two_cells_under_two_ranks_grouped_write_the_lines_of_no_group(tmp_path):
     """`torchrun --nproc_per_node 2 -m kd run A B`: every rank joins the process group before the group
     trains, rank 0 alone holds the locks, and the lines equal `--no-group` (teacher, baseline and KD)."""

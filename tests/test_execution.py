@@ -82,6 +82,7 @@ def _run(data_root, terms, execution, ce=0.1, bs=40):
     return View(member(cell, recipe, data_root, teacher, execution=execution))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("terms,backend", [
     (({"name": "kd", "weight": 0.9, "T": 4},), "inductor"),
     (({"name": "at", "weight": 1000.0},), "aot_eager"),

@@ -268,6 +268,7 @@ def test_run_cell_imagenet_recipe(folder, isolated):
     assert rec["status"] == "ok" and rec["teacher_cell"].startswith("imagenet/baseline/tv_resnet34/")
 
 
+@pytest.mark.slow                 # 26 s on a loaded 2-core machine (a 224 px RegNetY-160 teacher)
 def test_registered_deit_cell_trains_through_the_loop(tmp_path, monkeypatch, isolated):
     """The DeiT-Ti hard-distillation cell of seed 002 Table 1 at its real 224 px input: the RegNetY-160
     teacher is trained first (its cell), then the student; a smoke recipe, 8 generated images."""

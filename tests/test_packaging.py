@@ -41,6 +41,7 @@ def _run(cmd, **kw):
     return p.stdout
 
 
+@pytest.mark.slow
 def test_wheel_from_sdist_installs_a_working_kd(tmp_path):
     pytest.importorskip("setuptools")
     src = tmp_path / "src"

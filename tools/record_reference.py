@@ -26,12 +26,20 @@ from kd.analysis.compare import _latest_ok, aggregate  # noqa: E402
 BENCHES = {
     "digits": dict(
         results="digits.jsonl",
-        title="Recorded: embedded digits benchmark (kd demo), top-1 (%) at the last epoch, CPU (2 threads)",
+        title="Recorded: embedded digits benchmark (kd demo), top-1 (%) at the last epoch, CPU (2 threads, "
+              "AVX2 code paths)",
         dataset="digits-sub400", recipe="digits", teacher="tiny_t", student="tiny_s", teacher_recipe="digits",
-        # points; the demo is deterministic at its fixed thread count, this allows other torch builds/CPUs
-        tolerance=1.5,
-        # points; a KD gain of +2.00 falling to +0.22 (the demo on one thread) must fail
-        gain_tolerance=1.0),
+        # Points. The demo fixes its threads and CPU code paths (kd.commands.demo); what it cannot fix (a CPU
+        # without AVX2, another torch build) acts like another seed. Measured on one AVX-512 machine with the
+        # other code paths the libraries can take (teacher / baseline / KD means; pinned 97.22 / 94.17 / 93.06):
+        # own choice 96.11 / 93.94 / 93.72, ATen AVX2 96.39 / 94.61 / 95.67, ATen and oneDNN AVX2
+        # 96.94 / 94.11 / 95.11 (the numbers of the other machine), generic code 96.67 / 94.39 / 95.67;
+        # an older machine's record 96.39 / 94.33 / 94.67. Largest distance to the pinned values: 2.61 (KD).
+        tolerance=3.0,
+        # points; the KD gain over the baseline in those runs: -1.11 pinned, -0.22, +1.06, +1.00, +1.28,
+        # +0.34 (largest distance 2.39). Five seeds of std 1-2 do not resolve a gain this small; the check
+        # catches a KD that collapses, not a fraction of a point.
+        gain_tolerance=2.5),
     "cifar10_jpeg": dict(
         results="cifar10_jpeg.jsonl",
         title="Recorded: real-data CPU run, CIFAR-10 JPEG copy (10,000 train / 2,000 test images), "

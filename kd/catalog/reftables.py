@@ -90,6 +90,14 @@ class RefEntry:
     erratum: str | None = None
 
     @property
+    def printed(self) -> str:
+        """The number as the table prints it, its decimals kept ('72.50', '73.26 ± 0.18'; not 72.5)."""
+        m = _CELL_RE.match(_unmarked(self.raw))
+        if m is None:
+            return f"{self.value:g}" + (f" ± {self.std:g}" if self.std is not None else "")
+        return m.group(1) + (f" ± {m.group(2)}" if m.group(2) is not None else "")
+
+    @property
     def accuracy(self) -> float:
         """The value on the accuracy scale (100 - error for error tables)."""
         return self.value if self.value_kind == "accuracy" else round(100.0 - self.value, 6)
@@ -168,6 +176,14 @@ def _line_of(lines: list[str], needle: str, start: int = 0) -> int | None:
     return None
 
 
+def _unmarked(text: str) -> str:
+    """A printed cell without its markup: bold, LaTeX math, \\pm."""
+    t = text.replace("<b>", "").replace("</b>", "").replace("**", "").strip()
+    if t.startswith("$") and t.endswith("$"):
+        t = t[1:-1].strip()
+    return t.replace("{\\pm}", "±").replace("\\pm", "±")
+
+
 def parse_cell(text: str) -> tuple[float, float | None] | None:
     """'73.26±0.18', '94.82 ± 0.10', '$76.33 {\\pm} 0.32$', '<b>71.56</b>' -> (value, std); 'N/A' -> None.
 
@@ -175,11 +191,7 @@ def parse_cell(text: str) -> tuple[float, float | None] | None:
     t = text.strip()
     if t == MISSING:
         return None
-    t = t.replace("<b>", "").replace("</b>", "").replace("**", "").strip()
-    if t.startswith("$") and t.endswith("$"):
-        t = t[1:-1].strip()
-    t = t.replace("{\\pm}", "±").replace("\\pm", "±")
-    m = _CELL_RE.match(t)
+    m = _CELL_RE.match(_unmarked(t))
     if not m:
         raise ValueError(f"cannot parse cell '{text}'")
     return float(m.group(1)), (float(m.group(2)) if m.group(2) is not None else None)

@@ -5,14 +5,27 @@ Each demo trains its own teacher (once, seed 0: the seed students use) into a te
 repeatable), appends its result lines to <results>/digits.jsonl (default results/local/, git-ignored),
 and prints mean ± std over seeds.
 
-Convention that changes numbers: the demo runs with THREADS CPU threads on every machine
-(torch.set_num_threads), because the order of floating-point reductions, and so the last bits of
-every step, depends on the thread count (a 4-epoch tiny_t teacher: 73.06 % top-1 with two threads,
-73.33 % with one; two runs with two threads agree to the last digit). The recorded reference
-(reference_tables/recorded_digits.yaml) was measured with THREADS; every result line records the count in its "device" field ("cpu (x86_64, 2 threads)").
+Conventions that change numbers, both recorded in every result line's "device"
+("cpu (x86_64, 2 threads, AVX2; oneDNN AVX2, MKL AVX2)"):
+- THREADS CPU threads on every machine (torch.set_num_threads): the thread count sets the order of
+  floating-point reductions, and so the last bits of every step (a 4-epoch tiny_t teacher: 73.06 % top-1
+  with two threads, 73.33 % with one; two runs with two threads agree to the last digit).
+- The CPU code paths pinned to AVX2 (KERNELS). PyTorch's own kernels (ATen), oneDNN's convolutions and
+  MKL's matrix products each pick the code of the CPU they run on (AVX-512 on one machine, AVX2 on
+  another), and each code sums in its own order; a float difference in the first step grows over 20
+  epochs into another trained network. Measured on one AMD EPYC with AVX-512 (2 threads, torch 2.15.0),
+  the teacher's top-1 at the last epoch: 96.11 with the machine's own choice (AVX-512 in all three),
+  96.39 with ATen on AVX2, 96.94 with ATen and oneDNN on AVX2, 97.22 with all three on AVX2, 98.33 with
+  ATen's generic code. The three libraries read their variables once, when each first computes, so
+  `demo` sets them before torch computes anything in this process; where that is too late (torch already
+  used here) or the CPU has no AVX2 (ARM, x86 before 2013), it says so in one line and the line's "device"
+  records the code in effect. What stays machine-dependent is stated in the README ("Quick start").
+The recorded reference (reference_tables/recorded_digits.yaml) was measured with THREADS and KERNELS;
+its tolerance covers the spread of the other code paths (tools/record_reference.py).
 """
 from __future__ import annotations
 
+import os
 import statistics
 import tempfile
 import time
@@ -27,6 +40,20 @@ TEACHER = "digits-sub400/baseline/tiny_t/digits"
 STUDENTS = ["digits-sub400/baseline/tiny_s/digits", "digits-sub400/kd/tiny_s_from_tiny_t/digits"]
 CELLS = [TEACHER] + STUDENTS
 THREADS = 2          # fixed on every machine: see the module docstring
+# ATen's capability, oneDNN's highest instruction set, MKL's code path (its Conditional Numerical
+# Reproducibility mode): AVX2 is what every x86-64 CPU since 2013 has.
+KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"}
+
+
+def pin_kernels() -> None:
+    """Set KERNELS in the environment, for good: the libraries read them once per process (in effect only
+    before torch first computes here), so later runs of this process keep the same code paths and record
+    them. Says in one line when ATen's code path is not AVX2 after all."""
+    os.environ.update(KERNELS)
+    if torch.backends.cpu.get_cpu_capability() != "AVX2":
+        print(f"kd demo: PyTorch's CPU kernels run {torch.backends.cpu.get_cpu_capability()}, not AVX2 "
+              "(no AVX2 on this CPU, or torch computed before the demo in this process): the numbers can "
+              "differ from the recorded reference, within its tolerance")
 
 
 def _fmt(xs: list[float]) -> str:
@@ -37,9 +64,10 @@ def demo(seeds: int = 5, results=None, store=None, progress: bool = True) -> lis
     from tabulate import tabulate
     t0 = time.perf_counter()
     records = []
+    pin_kernels()
     before = torch.get_num_threads()
     torch.set_num_threads(THREADS)
-    print(f"kd demo: digits, CPU with {THREADS} threads (fixed, so that the numbers match on any machine)")
+    print(f"kd demo: digits on the CPU, {THREADS} threads and AVX2 code paths (fixed: see README, Quick start)")
     with tempfile.TemporaryDirectory(prefix="kd-demo-") as tmp:
         try:
             for cid, n in [(TEACHER, 1)] + [(c, seeds) for c in STUDENTS]:

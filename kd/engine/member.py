@@ -59,8 +59,9 @@ class Member:
         if self.state:
             self.d.student.load_state_dict(self.state["student"])
             self.d.methods.load_state_dict(self.state["methods"])
-            self.env.log(f"resuming {self.id} seed {self.seed} at stage {self.state['stage']} "
-                         f"epoch {self.state['epoch'] + 1}")
+            _, stage, epochs = self.plan[self.state["stage"]]
+            self.env.log(f"resuming {self.id} seed {self.seed} after epoch {self.state['epoch'] + 1} of {epochs}"
+                         + (f" of its stage '{stage.name}'" if stage is not None else ""))
         self.curve, self.stage_log = self.state.get("curve", []), self.state.get("stage_log", [])
         self.evidence = {k: (v.cpu() if torch.is_tensor(v) else v) for k, v in self.state.get("evidence", {}).items()}
         self.elapsed, self.images = self.state.get("elapsed", 0.0), self.state.get("images", 0)

@@ -14,8 +14,9 @@ Images/s is the training throughput of that epoch alone (images seen / seconds i
 evaluation excluded), as the result line's images_per_s is for the whole run.
 
 Files: <results>/curves/<cell id with '/' -> '__'>/seed<k>.csv (beside the result lines; columns
-stage, epoch, train_loss, top1, top5, lr, images_per_s), rewritten from epoch 1 and appended on
-resume. With configure(tensorboard=DIR) also DIR/<same name>/seed<k>/ event files (scalars
+stage ("main", or the name of a method's own stage), epoch, train_loss, top1, top5, lr (10 significant
+digits: 0.005, not the float sum's 0.005000000000000001; the result line keeps the exact value),
+images_per_s), rewritten from epoch 1 and appended on resume. With configure(tensorboard=DIR) also DIR/<same name>/seed<k>/ event files (scalars
 train/loss, test/top1, test/top5, lr, images_per_s; step = epochs done over all stages). TensorBoard
 is an optional extra (pip install 'kd-bench[tensorboard]'), imported only when asked for.
 """
@@ -31,6 +32,7 @@ from kd.errors import KDError
 
 _CONFIG = {"tensorboard": None, "quiet": False}
 FIELDS = ("stage", "epoch", "train_loss", "top1", "top5", "lr", "images_per_s")
+MAIN = "main"        # the CSV's stage of the main training (a method's own stages carry their names)
 
 
 def configure(tensorboard: str | os.PathLike | None = None, quiet: bool | None = None) -> None:
@@ -135,8 +137,8 @@ class EpochLog:
                 f"top5 {entry['top5']:.2f}", f"lr {entry['lr']:.4g}"] + ([f"img/s {ips:.0f}"] if ips else [])
             print(" ".join(parts), file=self.stream, flush=True)
         if self.csv_path is not None:
-            self._csv_row([sname, entry["epoch"], entry["train_loss"], entry["top1"], entry["top5"], entry["lr"],
-                           round(ips, 1) if ips else ""])
+            self._csv_row([sname or MAIN, entry["epoch"], entry["train_loss"], entry["top1"], entry["top5"],
+                           f"{entry['lr']:.10g}", round(ips, 1) if ips else ""])
         if self.writer is not None:
             for tag, v in (("train/loss", entry["train_loss"]), ("test/top1", entry["top1"]),
                            ("test/top5", entry["top5"]), ("lr", entry["lr"]), ("images_per_s", ips)):

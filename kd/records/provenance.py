@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import datetime as dt
 import functools
+import os
 import platform
 import subprocess
 import sys
@@ -42,9 +43,20 @@ def git() -> dict:
 
 
 def device_name(device: torch.device) -> str:
+    """The GPU's name, or "cpu (<arch>, <n> threads, <code paths>)": thread count and code paths both
+    change a CPU run's numbers (kd.commands.demo)."""
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads, {cpu_kernels()})"
+
+
+def cpu_kernels() -> str:
+    """The CPU code paths in effect: PyTorch's own kernels (ATen's capability, e.g. AVX512, AVX2, DEFAULT),
+    then the caps on oneDNN's and MKL's when set in the environment (ONEDNN_MAX_CPU_ISA, MKL_CBWR), which
+    otherwise pick the best the CPU has: e.g. "AVX2; oneDNN AVX2, MKL AVX2"."""
+    caps = [f"{lib} {os.environ[var]}" for lib, var in (("oneDNN", "ONEDNN_MAX_CPU_ISA"), ("MKL", "MKL_CBWR"))
+            if os.environ.get(var)]
+    return torch.backends.cpu.get_cpu_capability() + ("; " + ", ".join(caps) if caps else "")
 
 
 def now() -> str:
