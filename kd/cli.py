@@ -385,9 +385,9 @@ def cmd_table(a):
     a.table, a.out = [a.name], None
     cmd_report(a)
     from kd.analysis.compare import summary
-    counts = summary(_compare(a.results, [a.name])[2]).get(a.name, {})
-    main_four = ("reproduced", "below", "above", "missing")
-    print(f"{a.name}: " + ", ".join(f"{counts.get(v, 0)} {v}" for v in main_four + tuple(sorted(set(counts) - set(main_four))))
+    from kd.commands.verdicts import VERDICTS, load
+    counts = summary(load(a.results, [a.name]).rows).get(a.name, {})
+    print(f"{a.name}: " + ", ".join(f"{counts.get(v, 0)} {v}" for v in VERDICTS if counts.get(v) or v != "proxy")
           + f" (`kd compare --table {a.name}` gives each entry)")
 
 

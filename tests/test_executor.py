@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import stat
-import time
 from pathlib import Path
 
 import pytest
