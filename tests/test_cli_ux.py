@@ -184,14 +184,16 @@ PINNED = "cpu (x86_64, 2 threads, AVX2; oneDNN AVX2, MKL AVX2)"
 def test_the_demo_pins_the_cpu_code_paths_and_lines_record_them(tmp_path):
     """The demo sets AVX2 code paths for PyTorch's kernels, oneDNN and MKL (kd.commands.demo.KERNELS)
     before torch computes: in a fresh process they take effect, silently, and a run's line records them."""
-    code = ("import kd.commands.demo as demo; demo.pin_kernels(); import torch; torch.set_num_threads(2); "
-            "from kd.catalog.cells import find_cell; from kd.engine import run_cell; "
-            f"r = run_cell(find_cell({TEACHER_CELL!r}), 0, device='cpu', overrides={{'epochs': 1, 'subset': 64}}, "
-            f"store={str(tmp_path / 's')!r}, results_dir={str(tmp_path / 'r')!r}, progress=False, log=print); "
-            "print(r['device'])")
+    code = ("import os, kd.commands.demo as demo; import torch; torch.set_num_threads(2); "
+            "from kd.catalog.cells import find_cell; from kd.engine import run_cell\n"
+            "with demo.pinned_kernels():\n"
+            f"    r = run_cell(find_cell({TEACHER_CELL!r}), 0, device='cpu', overrides={{'epochs': 1, 'subset': 64}}, "
+            f"store={str(tmp_path / 's')!r}, results_dir={str(tmp_path / 'r')!r}, progress=False, log=print)\n"
+            "print(r['device']); print(os.environ.get('ATEN_CPU_CAPABILITY'))")
     p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=600)
     assert p.returncode == 0, p.stderr
-    assert p.stdout.splitlines()[-1] == PINNED and "not AVX2" not in p.stdout, p.stdout
+    assert p.stdout.splitlines()[-2] == PINNED and "not AVX2" not in p.stdout, p.stdout
+    assert p.stdout.splitlines()[-1] == "None"             # restored after the demo: compile picks its own ISA
 
 
 def _check(capsys, results, *tables):

@@ -25,6 +25,7 @@ its tolerance covers the spread of the other code paths (tools/record_reference.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import statistics
 import tempfile
@@ -45,15 +46,26 @@ THREADS = 2          # fixed on every machine: see the module docstring
 KERNELS = {"ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2", "MKL_CBWR": "AVX2"}
 
 
-def pin_kernels() -> None:
-    """Set KERNELS in the environment, for good: the libraries read them once per process (in effect only
-    before torch first computes here), so later runs of this process keep the same code paths and record
-    them. Says in one line when ATen's code path is not AVX2 after all."""
+@contextlib.contextmanager
+def pinned_kernels():
+    """KERNELS in the environment while the demo runs (the libraries read them once per process, in effect
+    only before torch first computes here; the result lines record them), the previous values after: a
+    process that goes on (a test session) must not have torch.compile pick its vector ISA from them.
+    Says in one line when ATen's code path is not AVX2 after all."""
+    before = {k: os.environ.get(k) for k in KERNELS}
     os.environ.update(KERNELS)
     if torch.backends.cpu.get_cpu_capability() != "AVX2":
         print(f"kd demo: PyTorch's CPU kernels run {torch.backends.cpu.get_cpu_capability()}, not AVX2 "
               "(no AVX2 on this CPU, or torch computed before the demo in this process): the numbers can "
               "differ from the recorded reference, within its tolerance")
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _fmt(xs: list[float]) -> str:
@@ -61,10 +73,14 @@ def _fmt(xs: list[float]) -> str:
 
 
 def demo(seeds: int = 5, results=None, store=None, progress: bool = True) -> list[dict]:
-    from tabulate import tabulate
     t0 = time.perf_counter()
     records = []
-    pin_kernels()
+    with pinned_kernels():
+        return _demo(seeds, results, store, progress, t0, records)
+
+
+def _demo(seeds, results, store, progress, t0, records) -> list[dict]:
+    from tabulate import tabulate
     before = torch.get_num_threads()
     torch.set_num_threads(THREADS)
     print(f"kd demo: digits on the CPU, {THREADS} threads and AVX2 code paths (fixed: see README, Quick start)")
