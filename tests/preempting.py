@@ -30,3 +30,8 @@ class PreemptedOnce(CellRun):
                 time.sleep(600)                                 # submitit's handler requeues and exits here
             member.save_state = save_then_preempt
         return super().__call__()
+
+    def checkpoint(self, *args, **kwargs):
+        """The requeued job is a plain CellRun (CellRun.checkpoint would resubmit this class, preempted again)."""
+        import submitit
+        return submitit.helpers.DelayedSubmission(CellRun(**vars(self)))
