@@ -506,6 +506,7 @@ def test_a_damaged_image_cache_is_said_and_rebuilt(tmp_path, capsys, monkeypatch
             for i in range(2):
                 Image.new("RGB", (8, 8), (i * 90, 40, 200 if c == "a" else 10)).save(tmp_path / "imgs" / split / c / f"{i}.png")
     first = image_folder(tmp_path / "imgs", "x", size=8)
+    assert capsys.readouterr().err.startswith("kd: decoding the 8 files")            # the first read says so
     caches = sorted((tmp_path / "cache").glob("*.npz"))
     assert len(caches) == 2
     caches[0].write_bytes(caches[0].read_bytes()[:100])                     # torn (a full disk, a killed process)
