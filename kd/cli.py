@@ -242,6 +242,16 @@ def cmd_import_teacher(a):
           f"test top-1 {rec['top1_last']:.2f}, top-5 {rec['top5_last']:.2f} (result line marked imported)")
 
 
+def cmd_import_teachers(a):
+    from kd.commands.import_teachers import import_teachers
+    a.device = _device(a.device)
+    recs = import_teachers(Path(a.dir), downloads=a.download or (), data_root=a.data_root, store=a.store,
+                           results_dir=a.results, device=a.device, force=a.force)
+    for r in recs:
+        print(f"imported {r['imported']['from']} as teacher {r['cell_id']} ({r['checkpoint_sha256'][:12]}…); "
+              f"test top-1 {r['top1_last']:.2f}" + (" (forced past the published accuracy)" if r["imported"]["forced"] else ""))
+
+
 def _compare(results=None, only: list[str] | None = None, strict: bool = False):
     from kd.analysis.compare import compare, extras
     from kd.catalog.reftables import load_all
@@ -378,6 +388,18 @@ def main(argv: list[str] | None = None) -> int:
     t.add_argument("--force", action="store_true", help="replace a teacher already stored for this cell")
     _common(t)
     t.set_defaults(fn=cmd_import_teacher)
+
+    ts = sub.add_parser("import-teachers", help="the published CIFAR-100 teachers (RepDistiller / mdistiller layouts): "
+                                                "strict load, evaluation, comparison with the published accuracy")
+    ts.add_argument("dir", help="a folder holding save/models/<model>_vanilla/ckpt_epoch_240.pth (RepDistiller) or "
+                                "download_ckpts/cifar_teachers/<model>_vanilla/ckpt_epoch_240.pth (mdistiller)")
+    ts.add_argument("--download", action="append", metavar="SOURCE",
+                    help="first download into DIR: repdistiller, mdistiller, or a URL (a <model>_vanilla/ckpt_epoch_240.pth "
+                         "file, a .tar archive, or a URL with {model}); repeatable. The sha256 of what arrived is recorded")
+    ts.add_argument("--force", action="store_true", help="import a teacher further from the published accuracy than the "
+                                                         "table's tolerance, and replace teachers already stored")
+    _common(ts)
+    ts.set_defaults(fn=cmd_import_teachers)
 
     d = sub.add_parser("demo", help="embedded CPU benchmark: digits, teacher + baseline + KD")
     d.add_argument("--seeds", type=int, default=5)
