@@ -95,7 +95,16 @@ def cmd_bench(a):
     from kd.commands.bench import bench
     bench(a.cell, modes=a.modes, device=a.device, steps=a.steps, warmup=a.warmup, rounds=a.rounds,
           threads=a.threads, batch_size=a.batch_size, repdistiller=a.repdistiller, workers=a.workers,
-          results=a.results, channels_last=not a.no_channels_last, data_root=a.data_root)
+          results=a.results, channels_last=not a.no_channels_last, data_root=a.data_root,
+          fold_teacher_bn=a.fold_teacher_bn)
+
+
+def cmd_doctor(a):
+    from kd.commands.doctor import doctor
+    a.device = _device(a.device)
+    line = doctor(quick=a.quick, device=a.device, budget_s=a.budget_s, repdistiller=a.repdistiller,
+                  data_root=a.data_root, results=a.results, only=a.only)
+    return 1 if line["verdict"] == "FAIL" else 0
 
 
 def _executor_flags(p: argparse.ArgumentParser):
@@ -443,8 +452,23 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--repdistiller", metavar="PATH", help="a RepDistiller checkout: time its own step side by side")
     b.add_argument("--workers", type=int, help="RepDistiller's DataLoader workers (default min(8, CPUs))")
     b.add_argument("--no-channels-last", action="store_true")
+    b.add_argument("--fold-teacher-bn", action="store_true",
+                   help="also time each mode with the frozen teacher's BatchNorm folded into its convolutions")
     b.add_argument("--results", help="speed lines go to <results>/speed/bench.jsonl")
     b.set_defaults(fn=cmd_bench)
+
+    dr = sub.add_parser("doctor", help="acceptance run of the execution paths on this device (equivalence, speed, "
+                                       "grouped runs, bf16, a short real training, torchrun), bounded in time")
+    dr.add_argument("--quick", action="store_true", help="the CPU form CI runs: tiny cells, seconds to a minute")
+    dr.add_argument("--budget-s", type=float, help="seconds for all checks; items that do not fit are skipped "
+                                                   "(default 420 on a GPU, 240 with --quick)")
+    dr.add_argument("--repdistiller", metavar="PATH", help="a RepDistiller checkout: its own step timed beside ours")
+    dr.add_argument("--only", nargs="+", metavar="CHECK",
+                    help="only these checks: equivalence speed grouped bf16 learn torchrun")
+    dr.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    dr.add_argument("--data-root", help="where the JPEG CIFAR-10 copy (cifar10-jpeg/) is, when at hand")
+    dr.add_argument("--results", help="speed lines and the summary go to <results>/speed/ (default: ./results/local)")
+    dr.set_defaults(fn=cmd_doctor)
 
     bg = sub.add_parser("bench-group", help="wall time of a table's runs one by one vs grouped (one teacher forward)")
     bg.add_argument("table", help="a reference table id, e.g. sarfraz2020_table3_jpeg_resnet8")
