@@ -57,6 +57,7 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
+import torch._dynamo
 
 from kd.errors import KDError
 
@@ -120,6 +121,7 @@ class Doctor:
             return self.skip(check, item, f"budget: {max(self.left(), 0):.0f} s left, about "
                                           f"{self.planned(check):.0f} s planned")
         t0 = time.perf_counter()
+        torch._dynamo.reset()                    # each item compiles its own steps: no cache carried over
         try:
             ok, figures, note = fn()
         except Exception as e:  # noqa: BLE001 - a doctor reports every failure as a line and goes on
