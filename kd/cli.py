@@ -166,7 +166,16 @@ def cmd_bench(a):
     ov = _overrides(a)
     bench(a.cell, modes=a.modes, device=a.device, steps=a.steps, warmup=a.warmup, rounds=a.rounds,
           threads=a.threads, batch_size=ov.get("batch_size"), repdistiller=a.repdistiller, workers=a.workers,
-          results=a.results, channels_last=not a.no_channels_last, data_root=a.data_root)
+          results=a.results, channels_last=not a.no_channels_last, data_root=a.data_root,
+          fold_teacher_bn=a.fold_teacher_bn)
+
+
+def cmd_doctor(a):
+    from kd.commands.doctor import doctor
+    a.device = _device(a.device)
+    line = doctor(quick=a.quick, device=a.device, budget_s=a.budget_s, repdistiller=a.repdistiller,
+                  data_root=a.data_root, results=a.results, only=a.only)
+    return 1 if line["verdict"] == "FAIL" else 0
 
 
 def _executor_flags(p: argparse.ArgumentParser):
@@ -358,6 +367,16 @@ def cmd_import_teacher(a):
           f"test top-1 {rec['top1_last']:.2f}, top-5 {rec['top5_last']:.2f} (result line marked imported)")
 
 
+def cmd_import_teachers(a):
+    from kd.commands.import_teachers import import_teachers
+    a.device = _device(a.device)
+    recs = import_teachers(Path(a.dir), downloads=a.download or (), data_root=a.data_root, store=a.store,
+                           results_dir=a.results, device=a.device, force=a.force)
+    for r in recs:
+        print(f"imported {r['imported']['from']} as teacher {r['cell_id']} ({r['checkpoint_sha256'][:12]}…); "
+              f"test top-1 {r['top1_last']:.2f}" + (" (forced past the published accuracy)" if r["imported"]["forced"] else ""))
+
+
 def cmd_compare(a):
     from kd.commands.verdicts import compare_command
     return compare_command(a.results, a.table, check=a.check, proxies=a.proxies)
@@ -511,6 +530,18 @@ def main(argv: list[str] | None = None) -> int:
     _common(t)
     t.set_defaults(fn=cmd_import_teacher)
 
+    ts = sub.add_parser("import-teachers", help="the published CIFAR-100 teachers (RepDistiller / mdistiller layouts): "
+                                                "strict load, evaluation, comparison with the published accuracy")
+    ts.add_argument("dir", help="a folder holding save/models/<model>_vanilla/ckpt_epoch_240.pth (RepDistiller) or "
+                                "download_ckpts/cifar_teachers/<model>_vanilla/ckpt_epoch_240.pth (mdistiller)")
+    ts.add_argument("--download", action="append", metavar="SOURCE",
+                    help="first download into DIR: repdistiller, mdistiller, or a URL (a <model>_vanilla/ckpt_epoch_240.pth "
+                         "file, a .tar archive, or a URL with {model}); repeatable. The sha256 of what arrived is recorded")
+    ts.add_argument("--force", action="store_true", help="import a teacher further from the published accuracy than the "
+                                                         "table's tolerance, and replace teachers already stored")
+    _common(ts)
+    ts.set_defaults(fn=cmd_import_teachers)
+
     d = sub.add_parser("demo", help="embedded CPU benchmark: digits, teacher + baseline + KD")
     d.add_argument("--seeds", type=int, default=5)
     _common(d)
@@ -560,8 +591,23 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--repdistiller", metavar="PATH", help="a RepDistiller checkout: time its own step side by side")
     b.add_argument("--workers", type=int, help="RepDistiller's DataLoader workers (default min(8, CPUs))")
     b.add_argument("--no-channels-last", action="store_true")
+    b.add_argument("--fold-teacher-bn", action="store_true",
+                   help="also time each mode with the frozen teacher's BatchNorm folded into its convolutions")
     b.add_argument("--results", help="speed lines go to <results>/speed/bench.jsonl")
     b.set_defaults(fn=cmd_bench)
+
+    dr = sub.add_parser("doctor", help="acceptance run of the execution paths on this device (equivalence, speed, "
+                                       "grouped runs, bf16, a short real training, torchrun), bounded in time")
+    dr.add_argument("--quick", action="store_true", help="the CPU form CI runs: tiny cells, seconds to a minute")
+    dr.add_argument("--budget-s", type=float, help="seconds for all checks; items that do not fit are skipped "
+                                                   "(default 420 on a GPU, 240 with --quick)")
+    dr.add_argument("--repdistiller", metavar="PATH", help="a RepDistiller checkout: its own step timed beside ours")
+    dr.add_argument("--only", nargs="+", metavar="CHECK",
+                    help="only these checks: equivalence speed grouped bf16 learn torchrun")
+    dr.add_argument("--device", help="cpu, cuda, cuda:1 ... (default: cuda when available)")
+    dr.add_argument("--data-root", help="where the JPEG CIFAR-10 copy (cifar10-jpeg/) is, when at hand")
+    dr.add_argument("--results", help="speed lines and the summary go to <results>/speed/ (default: ./results/local)")
+    dr.set_defaults(fn=cmd_doctor)
 
     bg = sub.add_parser("bench-group", help="wall time of a table's runs one by one vs grouped (one teacher forward)")
     bg.add_argument("table", help="a reference table id, e.g. sarfraz2020_table3_jpeg_resnet8")

@@ -52,6 +52,103 @@ def freeze(teacher: nn.Module, mode: str = "eval") -> nn.Module:
     return teacher
 
 
+def fold_batchnorm(teacher: nn.Module, probe: torch.Tensor) -> int:
+    """Fold each eval-mode BatchNorm2d that is the only reader of a convolution's output into that
+    convolution (torch.nn.utils.fusion.fuse_conv_bn_eval: W' = W g / sqrt(v + eps),
+    b' = (b - m) g / sqrt(v + eps) + beta), in place; the BatchNorm becomes an Identity. Returns how
+    many were folded.
+
+    Only for a frozen teacher whose BatchNorm runs on its running statistics (mode "eval"), where the
+    fold is exact in real arithmetic; in float32 it moves the teacher's outputs by rounding only.
+    Measured on this CPU (tests/test_teacher_fold.py, the CIFAR zoo's teachers with random BatchNorm
+    statistics, channels_last, batch 64): logits and every feature of both kinds within 4.0e-6 of the
+    unfolded teacher's, relative to the tensor's largest magnitude (the test allows 2e-5). Those
+    rounding differences do move training results: `kd demo` with the fold gives other digits
+    (README, Speed), so the fold is opt-in (`kd bench --fold-teacher-bn`), never a run's default.
+    Pairs are found by running `probe` through the teacher: a BatchNorm is folded when its input is
+    the very tensor a convolution returned and nothing else (no module, no functional op such as a
+    residual add, no returned feature) read that tensor; pre-activation BatchNorms (WRN) stay. The
+    probe's outputs before and after are compared; a fold that moved them beyond rounding is a
+    KDError (it would be a bug here, not a property of the teacher).
+    """
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+    with torch.no_grad():
+        before = _outputs(teacher, probe)
+    folded = _conv_bn_pairs(teacher, probe)
+    for conv_name, bn_name in folded:
+        conv, bn = teacher.get_submodule(conv_name), teacher.get_submodule(bn_name)
+        fused = fuse_conv_bn_eval(conv, bn)
+        fused.weight.data = fused.weight.data.contiguous(memory_format=_format(conv.weight))
+        fused.requires_grad_(False)
+        _set(teacher, conv_name, fused)
+        _set(teacher, bn_name, nn.Identity().eval())
+    with torch.no_grad():
+        after = _outputs(teacher, probe)
+    for a, b in zip(after, before):
+        if not torch.allclose(a, b, rtol=1e-3, atol=1e-3 * float(b.abs().max())):
+            raise KDError(f"folding the teacher's BatchNorm moved its outputs by {float((a - b).abs().max()):.3g}")
+    return len(folded)
+
+
+def _conv_bn_pairs(teacher: nn.Module, probe: torch.Tensor) -> list[tuple[str, str]]:
+    """(conv, BatchNorm) module names where the BatchNorm is the only reader of the conv's output."""
+    from torch.overrides import TorchFunctionMode
+    names = {m: n for n, m in teacher.named_modules()}
+    conv_out: dict[int, tuple[str, torch.Tensor]] = {}        # tensors kept alive: ids are not reused meanwhile
+    reads: dict[int, int] = {}
+    pairs = []
+
+    class Reads(TorchFunctionMode):
+        """Counts every call that reads a convolution's output and returns a tensor (not .dim(), .size())."""
+        def __torch_function__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            if isinstance(out, torch.Tensor):
+                for a in args:
+                    if isinstance(a, torch.Tensor) and id(a) in conv_out:
+                        reads[id(a)] = reads.get(id(a), 0) + 1
+            return out
+
+    def hook(mod, args, out):
+        if isinstance(mod, nn.Conv2d):
+            conv_out[id(out)] = (names[mod], out)
+        elif args and id(args[0]) in conv_out and not mod.training:
+            pairs.append((conv_out[id(args[0])][0], names[mod], id(args[0])))
+    hooks = [m.register_forward_hook(hook) for m in teacher.modules() if isinstance(m, (nn.Conv2d, nn.BatchNorm2d))]
+    try:
+        with torch.no_grad(), Reads():
+            for t in _outputs(teacher, probe):                # a returned feature is a read too
+                if id(t) in conv_out:
+                    reads[id(t)] = reads.get(id(t), 0) + 1
+    finally:
+        for h in hooks:
+            h.remove()
+    ok: dict[tuple[str, str], bool] = {}                    # each pair is seen once per forward of _outputs
+    for c, b, key in pairs:
+        ok[(c, b)] = ok.get((c, b), True) and reads.get(key) == 1
+    return [pair for pair, good in ok.items() if good]
+
+
+def _outputs(model: nn.Module, x: torch.Tensor) -> list[torch.Tensor]:
+    """Every tensor the teacher hands the methods: features of both kinds and logits (extract), else logits."""
+    if not hasattr(model, "extract"):
+        return [model(x)]
+    out = []
+    for preact in (False, True):
+        feats, logits = model.extract(x, preact=preact)
+        out += [*feats, logits]
+    return out
+
+
+def _format(t: torch.Tensor):
+    return torch.channels_last if t.dim() == 4 and t.is_contiguous(memory_format=torch.channels_last) \
+        and not t.is_contiguous() else torch.contiguous_format
+
+
+def _set(root: nn.Module, name: str, module: nn.Module):
+    parent, _, leaf = name.rpartition(".")
+    setattr(root.get_submodule(parent) if parent else root, leaf, module)
+
+
 def teacher_mode(cell) -> str | None:
     """How the teacher's BatchNorm runs for this cell's methods (None: no method reads a teacher)."""
     import kd.methods  # noqa: F401
