@@ -172,7 +172,10 @@ def cmd_bench(a):
 
 def cmd_doctor(a):
     from kd.commands.doctor import doctor
+    from kd.records.results import results_root
+    from kd.records.store import check_writable
     a.device = _device(a.device)
+    check_writable(results_root(a.results) / "speed" / "doctor.jsonl", "speed file", folder=False)
     line = doctor(quick=a.quick, device=a.device, budget_s=a.budget_s, repdistiller=a.repdistiller,
                   data_root=a.data_root, results=a.results, only=a.only)
     return 1 if line["verdict"] == "FAIL" else 0
