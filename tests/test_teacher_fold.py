@@ -54,3 +54,14 @@ def test_a_train_mode_teacher_is_never_folded():
     """OFD's teacher normalises with the batch's statistics: nothing to fold."""
     t = _teacher("resnet20", "train")
     assert fold_batchnorm(t, torch.randn(4, 3, 32, 32)) == 0
+
+
+def test_bench_times_the_folded_teacher_beside_the_unfolded(tmp_path, capsys):
+    import json
+
+    from kd.cli import main
+    assert main(["bench", "digits-sub400/kd/tiny_s_from_tiny_t/digits", "--device", "cpu", "--steps", "2", "--warmup", "1",
+                 "--rounds", "1", "--fold-teacher-bn", "--results", str(tmp_path)]) == 0
+    lines = [json.loads(x) for x in (tmp_path / "speed" / "bench.jsonl").read_text().splitlines()]
+    assert [x["teacher_bn_folded"] for x in lines] == [False, True]
+    assert lines[1]["contender"] == "kd (eager, channels_last, teacher BN folded)"

@@ -49,6 +49,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import socket
 import subprocess
 import sys
 import tempfile
@@ -338,7 +339,12 @@ def doctor(*, quick: bool = False, device: str | None = None, budget_s: float | 
         raise KDError(f"--only {' '.join(sorted(set(only) - set(PLAN)))}: valid checks are {', '.join(PLAN)}")
     doc = Doctor(dev, quick, budget, results, data_root, repdistiller, log, only)
     log(f"kd doctor{' --quick' if quick else ''} on {device_name(dev)}, budget {budget:g} s")
-    _checks(doc)
+    timeout = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(15)     # a dataset download tried on a machine whose network drops packets
+    try:
+        _checks(doc)
+    finally:
+        socket.setdefaulttimeout(timeout)
     failed = [i for i in doc.items if i.status == "FAIL"]
     line = {"kind": "doctor", "quick": quick, "budget_s": budget, "only": only, "wall_s": round(time.perf_counter() - doc.t0, 1),
             "verdict": "FAIL" if failed else "ok", "failed": len(failed),
