@@ -92,11 +92,11 @@ def evaluate(c: Checked, ds, dev) -> Checked:
 
 
 def install(c: Checked, store, results_dir, imported: dict) -> dict:
-    """Copy the checked file into the store (sha256 sidecar), store its predictions, append its line."""
+    """Copy the checked file into the store (sha256 sidecar), store its predictions, append its line
+    (the caller has run check_targets before evaluating)."""
     from kd.records.predictions import write_run
     from kd.records.results import append_record, results_file, results_root
     from kd.records.store import install_checkpoint, run_lock, safe_name
-    check_targets(c, store, results_dir)
     with run_lock(store, c.cell.id, c.seed):          # not while a run trains this teacher
         rec = _record(c, imported)
         existed = c.dst.is_file()

@@ -199,11 +199,6 @@ class Distiller(nn.Module):
             for m in stage.train_modules:
                 m.train()
 
-    def evaluate(self, data) -> tuple[float, float]:
-        """Top-1 and top-5 (%) on the test set."""
-        e = self.evaluation(data)
-        return e.top1, e.top5
-
     @torch.no_grad()
     def evaluation(self, data, fidelity: bool = False) -> Evaluation:
         """Top-1/top-5 and the predictions on the test set; with `fidelity` (and a teacher), the
