@@ -166,8 +166,7 @@ def cmd_bench(a):
     ov = _overrides(a)
     bench(a.cell, modes=a.modes, device=a.device, steps=a.steps, warmup=a.warmup, rounds=a.rounds,
           threads=a.threads, batch_size=ov.get("batch_size"), repdistiller=a.repdistiller, workers=a.workers,
-          results=a.results, channels_last=not a.no_channels_last, data_root=a.data_root,
-          fold_teacher_bn=a.fold_teacher_bn)
+          results=a.results, channels_last=not a.no_channels_last, data_root=a.data_root)
 
 
 def cmd_doctor(a):
@@ -594,8 +593,6 @@ def main(argv: list[str] | None = None) -> int:
     b.add_argument("--repdistiller", metavar="PATH", help="a RepDistiller checkout: time its own step side by side")
     b.add_argument("--workers", type=int, help="RepDistiller's DataLoader workers (default min(8, CPUs))")
     b.add_argument("--no-channels-last", action="store_true")
-    b.add_argument("--fold-teacher-bn", action="store_true",
-                   help="also time each mode with the frozen teacher's BatchNorm folded into its convolutions")
     b.add_argument("--results", help="speed lines go to <results>/speed/bench.jsonl")
     b.set_defaults(fn=cmd_bench)
 

@@ -32,7 +32,7 @@ def one_epoch(m, stage, opt, gen: torch.Generator, epoch: int = 0):
     kinds = m.d.reads_teacher(stage)
     epoch_t = torch.full((), float(epoch), device=m.device)
     for idx, x, y in m.data.train_batches(m.spec.recipe.batch_size, gen):
-        step(x, y, idx, epoch_t, m.d.teacher_forward(x, kinds) if kinds is not None else None)
+        step(x, y, idx, epoch_t, m.teacher_forward(x, kinds) if kinds is not None else None)
 
 
 def train(m) -> dict:
@@ -45,7 +45,7 @@ def train(m) -> dict:
 def forward(m, x, y, stage=None, idx=None, epoch=0):
     """The Step the loop would hand the methods for this batch (teacher included where the phase reads it)."""
     kinds = m.d.reads_teacher(stage)
-    return m.d.batch(stage, x, y, idx, epoch, m.d.teacher_forward(x, kinds) if kinds is not None else None)
+    return m.d.batch(stage, x, y, idx, epoch, m.teacher_forward(x, kinds) if kinds is not None else None)
 
 
 class View:
@@ -72,7 +72,7 @@ class View:
         kinds, total, n = self.d.reads_teacher(stage), torch.zeros(()), 0
         epoch_t = torch.full((), float(epoch), device=self.device)
         for idx, x, y in self.data.train_batches(self.m.spec.recipe.batch_size, gen):
-            total, n = total + f(x, y, idx, epoch_t, self.d.teacher_forward(x, kinds) if kinds is not None else None).cpu(), n + 1
+            total, n = total + f(x, y, idx, epoch_t, self.m.teacher_forward(x, kinds) if kinds is not None else None).cpu(), n + 1
         return total.item() / n
 
     def train(self) -> dict:

@@ -57,13 +57,12 @@ def _synthetic(num_train: int, num_classes: int, hw: int, seed: int = 0):
 class Ours:
     """The loop's step for one cell and one execution mode (a random-initialised teacher: speed only)."""
 
-    def __init__(self, cell, recipe, device, execution: Execution, ds, fold_teacher_bn: bool = False):
+    def __init__(self, cell, recipe, device, execution: Execution, ds):
         from kd.catalog.spec import RunSpec
         from kd.engine.distiller import Distiller
         from kd.engine.optim import optimizer
-        from kd.engine.teacher import build_model, fold_batchnorm, freeze, teacher_mode
-        self.name = f"kd ({execution.mode}{', channels_last' if execution.channels_last else ''}" \
-                    f"{', teacher BN folded' if fold_teacher_bn else ''})"
+        from kd.engine.teacher import build_model, freeze, teacher_mode
+        self.name = f"kd ({execution.mode}{', channels_last' if execution.channels_last else ''})"
         self.device, data = device, ds.on_device(device)
         torch.manual_seed(0)
         teacher = None
@@ -71,16 +70,13 @@ class Ours:
             teacher = freeze(build_model(cell.teacher, ds.num_classes).to(device), teacher_mode(cell))
             if execution.channels_last:
                 teacher.to(memory_format=torch.channels_last)
-            if fold_teacher_bn and teacher.kd_teacher_mode == "eval":
-                probe = data.probe(2)
-                fold_batchnorm(teacher, probe.contiguous(memory_format=torch.channels_last)
-                               if execution.channels_last else probe)
         d = Distiller.build(RunSpec(cell, recipe, 0), teacher, data, ds.num_classes, device, execution.channels_last)
         self.execution = execution.for_methods(list(d.methods), lambda *a: None)   # after any announced fallback
         opt = optimizer(recipe, list(d.student.parameters()) + list(d.methods.parameters()), recipe.lr)
         set_lr(opt, recipe.lr, self.execution.compiled, device)
         d.train_mode(None)
         self.d, self.step = d, d.make_step(None, opt, self.execution)
+        self.teacher_forward = self.execution.wrap_teacher(d.teacher_forward)
         self.kinds = d.phase[None][1] if d.phase[None][2] else None
         self.epoch = torch.zeros((), device=device)
         gen = torch.Generator(device=device).manual_seed(0)
@@ -91,7 +87,7 @@ class Ours:
         """n steps; the last step's loss (a device tensor)."""
         loss = None
         for idx, x, y in itertools.islice(self.batches, n):
-            t_out = self.d.teacher_forward(x, self.kinds) if self.kinds is not None else None
+            t_out = self.teacher_forward(x, self.kinds) if self.kinds is not None else None
             loss = self.step(x, y, idx, self.epoch, t_out)
         _sync(self.device)
         return loss
@@ -210,7 +206,7 @@ def _write_cifar100(root: Path, n: int):
 
 def bench(cell_id: str, *, modes=None, device=None, steps=30, warmup=10, rounds=5, threads=None, batch_size=None,
           repdistiller=None, workers=None, results=None, channels_last=True, num_train=None, data_root=None,
-          fold_teacher_bn=False, log=print) -> list[dict]:
+          log=print) -> list[dict]:
     """Time the contenders, print a table, append one speed line per contender; returns the lines."""
     from kd.catalog.cells import find_cell, load_recipe
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -229,8 +225,7 @@ def bench(cell_id: str, *, modes=None, device=None, steps=30, warmup=10, rounds=
         recipe = recipe.with_overrides(batch_size=batch_size)
     ds = _bench_data(cell, recipe, data_root, num_train or (50_000 if repdistiller else
                                                             4 * recipe.batch_size * (steps + warmup)))
-    contenders = [Ours(cell, recipe, dev, Execution(m, channels_last=channels_last), ds, fold)
-                  for m in modes for fold in ((False, True) if fold_teacher_bn else (False,))]
+    contenders = [Ours(cell, recipe, dev, Execution(m, channels_last=channels_last), ds) for m in modes]
     if repdistiller:
         w = workers if workers is not None else min(8, os.cpu_count() or 1)
         contenders.append(RepDistiller(Path(repdistiller), cell, recipe, dev, w, ds.num_train))
@@ -277,7 +272,6 @@ def _speed_lines(contenders, times, peak, cell, recipe, ds, dev, steps, warmup, 
         t = statistics.median(times[c.name])
         out.append({"kind": "speed", "cell_id": cell.id, "contender": c.name,
                     "execution": c.execution.record(dev) if isinstance(c, Ours) else None,
-                    "teacher_bn_folded": "teacher BN folded" in c.name,
                     "batch_size": bs, "data": ds.name, "num_train": n, "steps": steps, "warmup": warmup,
                     "rounds": rounds, "ms_per_step": round(1000 * t / steps, 3), "images_per_s": round(bs * steps / t, 1),
                     "images_per_s_rounds": [round(bs * steps / x, 1) for x in times[c.name]],

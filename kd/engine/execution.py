@@ -6,9 +6,10 @@ the methods as a device tensor, the learning rate lives in the optimizer as a de
 compiled modes. That makes it capturable; this module only decides how to run it:
 
 - ``eager``: plain PyTorch, op by op. The default on the CPU.
-- ``compile``: ``torch.compile`` (Inductor) of the forward+loss and of ``optimizer.step``, any device.
-  Shapes are static (``dynamic=False``): one compilation for the full batch and one for the last,
-  smaller batch (kept as it is: no padding, no dropped samples).
+- ``compile``: ``torch.compile`` (Inductor) of the forward+loss and of ``optimizer.step``, any device,
+  and of the frozen teacher's forward (`wrap_teacher`). Shapes are static (``dynamic=False``): one
+  compilation for the full batch and one for the last, smaller batch (kept as it is: no padding, no
+  dropped samples).
 - ``graph``: the same with ``mode="reduce-overhead"``: Inductor's CUDA graphs (CUDAGraph Trees, one
   record per batch shape) replay the whole step without per-kernel launches. CUDA only; the default
   on CUDA.
@@ -22,6 +23,10 @@ Conventions that can move the last bits of a number, all recorded in the result 
   recorded, never changed here. bf16 autocast is not an execution setting: it belongs to the recipe
   (``amp: true`` or the override ``precision=bf16``), so its results carry another recipe id.
 - channels_last (NHWC) for models and batches changes which convolution kernels run, not the math.
+- The frozen teacher's forward is compiled with Inductor's ``freezing``: its weights become constants,
+  so eval-mode BatchNorm is folded into the convolutions (W g / sqrt(v + eps), exact in real
+  arithmetic, float rounding in float32), weights are prepacked for the CPU's kernels and ReLUs fused.
+  Its outputs move by rounding only (tests/test_execution.py); the result line says so (``teacher``).
 
 A method that cannot be captured (it needs a host decision per step, e.g. BSS's variable attacked
 set) sets ``capturable = False``; its cells run eagerly, announced once and recorded.
@@ -76,6 +81,7 @@ class Execution:
         rec = {"mode": self.mode, "channels_last": self.channels_last, "fallback": self.fallback}
         if self.compiled:
             rec["backend"] = self.backend
+            rec["teacher"] = "compiled, frozen" if self.backend == "inductor" else "compiled"
         if device.type == "cuda":
             rec.update(tf32_conv=torch.backends.cudnn.allow_tf32, tf32_matmul=torch.backends.cuda.matmul.allow_tf32)
         return rec
@@ -85,15 +91,22 @@ class Execution:
         (`fail_on_recompile_limit_hit`) instead of running eagerly under a `compile`/`graph` label."""
         if not self.compiled:
             return fn
-        import torch._dynamo
-        import torch._inductor.config as inductor
-        inductor.fallback_random = True                 # same random draws as eager (CRD negatives)
-        if _limit() < RECOMPILE_LIMIT:
-            size_compiler(1)
-        if hasattr(torch._dynamo.config, "fail_on_recompile_limit_hit"):
-            torch._dynamo.config.fail_on_recompile_limit_hit = True
+        _configure_compiler()
         if self.mode == "graph":
             return torch.compile(fn, mode="reduce-overhead", dynamic=False)
+        return torch.compile(fn, backend=self.backend, dynamic=False)
+
+    def wrap_teacher(self, fn: Callable) -> Callable:
+        """The frozen teacher's forward (`Distiller.teacher_forward`) as this mode runs it: eager, or
+        compiled with Inductor's freezing (module docstring). Never in CUDA graphs, even in graph mode:
+        its outputs are read by the step that follows, after that step's `mark_step` (a graph's outputs
+        are overwritten by its next replay). Measured on the 2-core CPU (resnet32x4, batch 64,
+        channels_last): 9 % less time per teacher forward than eager, compiled in about 7 s."""
+        if not self.compiled:
+            return fn
+        _configure_compiler()
+        if self.backend == "inductor":
+            return torch.compile(fn, dynamic=False, options={"freezing": True})
         return torch.compile(fn, backend=self.backend, dynamic=False)
 
     def mark_step(self) -> None:
@@ -102,6 +115,16 @@ class Execution:
         gradients and loss that step is about to read."""
         if self.mode == "graph":
             torch.compiler.cudagraph_mark_step_begin()
+
+
+def _configure_compiler() -> None:
+    import torch._dynamo
+    import torch._inductor.config as inductor
+    inductor.fallback_random = True                 # same random draws as eager (CRD negatives)
+    if _limit() < RECOMPILE_LIMIT:
+        size_compiler(1)
+    if hasattr(torch._dynamo.config, "fail_on_recompile_limit_hit"):
+        torch._dynamo.config.fail_on_recompile_limit_hit = True
 
 
 # Each run compiles its own frames (its loss, its optimizer's step; one per batch shape and phase), and

@@ -110,7 +110,7 @@ def _epoch(members: list, si: int, stage, epoch: int):
     epoch_t = torch.full((), float(epoch), device=lead.device)       # a tensor: no recompile per epoch
     shard = dist.shard if dist.world().size > 1 else None
     for idx, x, y in lead.data.train_batches(lead.spec.recipe.batch_size, gen, shard):
-        t_out = readers[0].d.teacher_forward(x, kinds) if readers else None
+        t_out = readers[0].teacher_forward(x, kinds) if readers else None
         for m in members:
             with own_rng(rngs[m.id], m.device):
                 m.loss_sum += m.step(x, y, idx, epoch_t, t_out if m in readers else None)

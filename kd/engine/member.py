@@ -42,6 +42,7 @@ class Member:
             execution = execution.fall_back(f"{dist.world().size} processes average gradients in an optimizer hook",
                                             env.log)
         self.execution = execution
+        self.teacher_forward = execution.wrap_teacher(distiller.teacher_forward)
         self.state_path = state_path(self.id, self.seed, env.store)
         self.plan = [(i, s, s.epochs) for i, s in enumerate(distiller.stages)] + \
                     [(len(distiller.stages), None, spec.recipe.epochs)]
