@@ -105,9 +105,17 @@ class Execution:
         if not self.compiled:
             return fn
         _configure_compiler()
-        if self.backend == "inductor":
-            return torch.compile(fn, dynamic=False, options={"freezing": True})
-        return torch.compile(fn, backend=self.backend, dynamic=False)
+        compiled = torch.compile(fn, backend=self.backend, dynamic=False)
+        if self.backend != "inductor":
+            return compiled
+        import torch._inductor.config as inductor
+
+        def frozen(*args):
+            # Inductor freezes a graph compiled with grad off and `freezing` set when it compiles (the
+            # first call); `options={"freezing": True}` of torch.compile is not read at that point.
+            with torch.no_grad(), inductor.patch(freezing=True):
+                return compiled(*args)
+        return frozen
 
     def mark_step(self) -> None:
         """Once per training step, before its compiled calls: a new CUDA-graph generation (graph mode).
