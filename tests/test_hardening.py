@@ -519,13 +519,16 @@ def test_a_damaged_image_cache_is_said_and_rebuilt(tmp_path, capsys, monkeypatch
     assert capsys.readouterr().err == ""
 
 
-@pytest.mark.parametrize("target", ["per-epoch log", "lock file"])
+@pytest.mark.parametrize("target", ["per-epoch log", "lock file", "checkpoint"])
 def test_a_link_among_the_folders_kd_makes_is_refused_too(tmp_path, capsys, target):
-    """curves/<run>/ and runs/<run>/ are made by kd: a link planted there would carry the file out."""
+    """curves/<run>/, runs/<run>/ and <store>/<cell>/ are made by kd: a link planted there would carry the
+    file out (a checkpoint is written by os.replace, which follows a linked folder)."""
+    from kd.records.store import safe_name
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     store, res = tmp_path / "store", tmp_path / "res"
-    folder = {"per-epoch log": res / "curves", "lock file": store / "runs"}[target]
+    folder = {"per-epoch log": res / "curves", "lock file": store / "runs",
+              "checkpoint": store / safe_name(f"{STUDENT}~epochs=1")}[target]          # <store>/<run id>/
     folder.parent.mkdir(parents=True)
     folder.symlink_to(elsewhere, target_is_directory=True)
     code, _, err = _kd(capsys, "run", STUDENT, "--epochs", "1", "--no-progress", "--store", store, "--results", res)

@@ -11,7 +11,7 @@ from kd.engine.teacher import Teachers, teacher_mode, teacher_run
 from kd.records.files import check_inside, probe_locks
 from kd.records.log import csv_path
 from kd.records.results import results_file, results_root
-from kd.records.store import check_writable, load_state, lock_path, run_lock, state_path
+from kd.records.store import check_writable, checkpoint_path, load_state, lock_path, run_lock, state_path
 
 
 def validate(specs: list, env) -> None:
@@ -29,7 +29,9 @@ def validate(specs: list, env) -> None:
         dist.check_batch(spec.recipe.batch_size, dist.world().size)
         check_writable(results_file(spec.cell.dataset, env.results), "results file", folder=False)
         for path, root, what in ((csv_path(spec.id, spec.seed, env.results), results_root(env.results), "per-epoch log"),
-                                 (lock_path(env.store, spec.id, spec.seed), env.store, "lock file")):
+                                 (lock_path(env.store, spec.id, spec.seed), env.store, "lock file"),
+                                 (checkpoint_path(spec.id, spec.seed, env.store), env.store, "checkpoint"),
+                                 (state_path(spec.id, spec.seed, env.store), env.store, "resume state")):
             check_writable(path, what, folder=False)
             check_inside(path, root, what)
         load_state(state_path(spec.id, spec.seed, env.store), spec.digest)
