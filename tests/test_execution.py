@@ -122,32 +122,41 @@ def test_compiled_step_equals_eager_step(data_root, terms, backend):
 def test_compiled_teacher_is_frozen_and_equals_eager_to_rounding():
     """`--mode compile` runs the frozen teacher's forward through Inductor's freezing (BatchNorm on its
     running statistics folded into the convolutions): its logits and features of both kinds are the eager
-    teacher's to float rounding, and the result line says the teacher ran so."""
-    from kd.engine.distiller import features
-    torch.manual_seed(0)
-    t = freeze(build_model("tiny_t", 100))
-    for m in t.modules():                            # statistics as a trained network has them, not 0 and 1
-        if isinstance(m, torch.nn.BatchNorm2d):
-            m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2.0)
+    teacher's to float rounding, a second teacher of the same architecture gets its own weights (not the
+    first one's constants), and the result line says how the teacher ran."""
+    from torch._dynamo.utils import counters
 
-    def forward(x, kinds):
-        with torch.no_grad():
-            return features(t, x, kinds, "t")
+    from kd.engine.distiller import Distiller
+
+    class Holder:                                    # what Distiller.teacher_forward reads
+        teacher_forward = Distiller.teacher_forward
+
+        def __init__(self, teacher):
+            self.teacher, self.channels_last, self.amp = teacher, False, False
+
+    def teacher(seed):
+        torch.manual_seed(seed)
+        t = freeze(build_model("tiny_t", 100))
+        for m in t.modules():                        # statistics as a trained network has them, not 0 and 1
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.5, 0.5), m.running_var.uniform_(0.5, 2.0)
+        return Holder(t)
 
     def flat(out):
         return [v for feats in out[0].values() for v in feats] + [out[1]]
     x = torch.randn(16, 3, 32, 32)
-    from torch._dynamo.utils import counters
     counters["inductor"].clear()
-    compiled = Execution("compile").wrap_teacher(forward)
-    ref, out = flat(forward(x, (False, True))), flat(compiled(x, (False, True)))
-    assert len(out) == len(ref) == 11
+    for seed in (0, 1):
+        h = teacher(seed)
+        compiled = Execution("compile").wrap_teacher(h.teacher_forward)
+        ref, out = flat(h.teacher_forward(x, (False, True))), flat(compiled(x, (False, True)))
+        assert len(out) == len(ref) == 11
+        for a, b in zip(out, ref):
+            assert not a.requires_grad and float((a - b).abs().max()) <= 1e-5 * float(b.abs().max())
     assert counters["inductor"]["binary_folding_conv"] >= 7          # tiny_t's BatchNorms went into its convs
-    for a, b in zip(out, ref):
-        assert not a.requires_grad and float((a - b).abs().max()) <= 1e-5 * float(b.abs().max())
     assert Execution("compile").record(torch.device("cpu"))["teacher"] == "compiled, frozen"
     assert "teacher" not in Execution("eager").record(torch.device("cpu"))
-    assert Execution("eager").wrap_teacher(forward) is forward
+    assert Execution("eager").wrap_teacher(h.teacher_forward) == h.teacher_forward
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
