@@ -156,6 +156,7 @@ def test_compiled_teacher_is_frozen_and_equals_eager_to_rounding():
     assert counters["inductor"]["binary_folding_conv"] >= 7          # tiny_t's BatchNorms went into its convs
     assert Execution("compile").record(torch.device("cpu"))["teacher"] == "compiled, frozen"
     assert "teacher" not in Execution("eager").record(torch.device("cpu"))
+    assert "teacher" not in Execution("compile").record(torch.device("cpu"), teacher=False)
     assert Execution("eager").wrap_teacher(h.teacher_forward) == h.teacher_forward
 
 

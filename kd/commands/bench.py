@@ -271,7 +271,7 @@ def _speed_lines(contenders, times, peak, cell, recipe, ds, dev, steps, warmup, 
     for c in contenders:
         t = statistics.median(times[c.name])
         out.append({"kind": "speed", "cell_id": cell.id, "contender": c.name,
-                    "execution": c.execution.record(dev) if isinstance(c, Ours) else None,
+                    "execution": c.execution.record(dev, c.kinds is not None) if isinstance(c, Ours) else None,
                     "batch_size": bs, "data": ds.name, "num_train": n, "steps": steps, "warmup": warmup,
                     "rounds": rounds, "ms_per_step": round(1000 * t / steps, 3), "images_per_s": round(bs * steps / t, 1),
                     "images_per_s_rounds": [round(bs * steps / x, 1) for x in times[c.name]],

@@ -77,11 +77,13 @@ class Execution:
         return Execution("eager", self.channels_last, fallback=f"{self.mode} -> eager: {why}; running eagerly",
                          backend=self.backend)
 
-    def record(self, device: torch.device) -> dict:
+    def record(self, device: torch.device, teacher: bool = True) -> dict:
+        """What the result line says of the execution (`teacher`: whether the run has a teacher)."""
         rec = {"mode": self.mode, "channels_last": self.channels_last, "fallback": self.fallback}
         if self.compiled:
             rec["backend"] = self.backend
-            rec["teacher"] = "compiled, frozen" if self.backend == "inductor" else "compiled"
+            if teacher:
+                rec["teacher"] = "compiled, frozen" if self.backend == "inductor" else "compiled"
         if device.type == "cuda":
             rec.update(tf32_conv=torch.backends.cudnn.allow_tf32, tf32_matmul=torch.backends.cuda.matmul.allow_tf32)
         return rec

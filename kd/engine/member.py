@@ -173,7 +173,8 @@ class Member:
         data = {"dataset_info": self.ds.info, "num_train": self.ds.num_train, "num_test": self.data.num_test}
         run = {"teacher_cell": self.teacher_id, "teacher_mode": self.teacher_mode, "group": self.group,
                "teacher_checkpoint_sha256": self.teacher_sha, "git": self.git,
-               "device": provenance.device_name(self.device), "execution": self.execution.record(self.device),
+               "device": provenance.device_name(self.device),
+               "execution": self.execution.record(self.device, self.d.teacher is not None),
                "layout": dist.provenance(self.spec.recipe)}
         rec = provenance.result_record(self.spec, progress, data=data, run=run, **kw)
         rec = json.loads(json.dumps(rec))      # the record as it is stored (tuples become lists)
