@@ -41,3 +41,22 @@ def test_bench_group_times_both_ways_and_checks_identical_lines(tmp_path, capsys
     assert line["kind"] == "group-speed" and len(line["cells"]) == 2 and line["identical_result_lines"] is True
     assert line["wall_s_one_by_one"] > 0 and line["wall_s_grouped"] > 0 and line["failed"] == []
     assert read_records(tmp_path) == []                  # the runs went to a temporary folder
+
+
+def test_the_ratio_to_repdistiller_is_paired_by_round_with_a_t_interval():
+    """Rounds interleave the contenders, so each round gives one ratio; the line carries them, their
+    geometric mean and its 90 % t-interval (here against scipy's own t-interval on the log ratios)."""
+    import math
+
+    import numpy as np
+    from scipy import stats
+
+    from kd.commands.bench import _paired_ratio
+    base, ours = [1.20, 1.31, 1.18, 1.25, 1.40], [1.00, 1.05, 1.01, 1.02, 1.20]
+    got = _paired_ratio(base, ours)
+    logs = np.log(np.array(base) / np.array(ours))
+    lo, hi = stats.t.interval(0.90, len(logs) - 1, loc=logs.mean(), scale=stats.sem(logs))
+    assert got["ratio_rounds"] == [round(b / o, 3) for b, o in zip(base, ours)]
+    assert got["ratio_paired"] == round(math.exp(logs.mean()), 3)
+    assert got["ratio_interval_90"] == pytest.approx([math.exp(lo), math.exp(hi)], abs=1e-3)
+    assert _paired_ratio(None, ours) == {} and _paired_ratio(base[:1], ours[:1]) == {}     # nothing to pair

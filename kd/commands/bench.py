@@ -277,18 +277,36 @@ def _speed_lines(contenders, times, peak, cell, recipe, ds, dev, steps, warmup, 
                     "images_per_s_rounds": [round(bs * steps / x, 1) for x in times[c.name]],
                     "peak_memory_mb": round(peak[c.name] / 2**20, 1) if peak[c.name] else None,
                     "ratio_to_repdistiller": round(base / t, 3) if base else None,
+                    **_paired_ratio(times.get("RepDistiller"), times[c.name]),
                     "device": device_name(dev), "threads": torch.get_num_threads(),
                     "dataloader_workers": getattr(c, "loader", None) and c.loader.num_workers,
                     "versions": versions(), "git": dict(git()), "when": when, "argv": sys.argv[1:]})
     return out
 
 
+def _paired_ratio(base: list | None, ours: list) -> dict:
+    """Each round's RepDistiller time over ours (the rounds interleave the contenders, so a round's two
+    times share the machine's state: the ratio is paired), their geometric mean and its 90 % t-interval
+    over rounds (kd.analysis.stats.interval on log ratios). Nothing without RepDistiller or with one round."""
+    if not base or len(base) < 2:
+        return {}
+    import math
+
+    from kd.analysis.stats import interval
+    logs = [math.log(b / o) for b, o in zip(base, ours)]
+    m, se = statistics.mean(logs), statistics.stdev(logs) / math.sqrt(len(logs))
+    lo, hi = interval(m, se, len(logs) - 1)
+    return {"ratio_rounds": [round(math.exp(x), 3) for x in logs], "ratio_paired": round(math.exp(m), 3),
+            "ratio_interval_90": [round(math.exp(lo), 3), round(math.exp(hi), 3)]}
+
+
 def _report(out: list[dict], results, log):
     from tabulate import tabulate
     from kd.records.results import append_record, results_root
     log(tabulate([[x["contender"], x["ms_per_step"], x["images_per_s"], x["peak_memory_mb"] or "-",
-                   x["ratio_to_repdistiller"] or "-"] for x in out],
-                 headers=["contender", "ms/step", "img/s", "peak MB", "x RepDistiller"]))
+                   x["ratio_to_repdistiller"] or "-",
+                   "{:.3f}-{:.3f}".format(*x["ratio_interval_90"]) if "ratio_interval_90" in x else "-"] for x in out],
+                 headers=["contender", "ms/step", "img/s", "peak MB", "x RepDistiller", "90 % interval (paired)"]))
     path = results_root(results) / "speed" / "bench.jsonl"
     for line in out:
         append_record(line, path)
