@@ -172,7 +172,7 @@ def reset_compiler() -> None:
 
 def default_execution(device: torch.device) -> Execution:
     """The mode proven by the equivalence tests on the device type: eager on both the CPU (`compile`
-    is about 2 % faster per KD step there, results/speed/bench.jsonl, after seconds to minutes of
+    is 2-4 % faster per KD step there, results/speed/bench.jsonl, after seconds to minutes of
     compiling: worth it for long runs only) and CUDA, where `compile` and `graph` have not yet passed
     tests/test_execution.py's CUDA equivalence test on a GPU (run `kd doctor` there; the default
     changes only with a committed GPU measurement); channels_last on both (measured on the CPU:
