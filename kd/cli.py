@@ -396,13 +396,24 @@ def cmd_plan(a):
 
 
 def cmd_table(a):
-    from kd.commands.table import plan, run_table, table_by_name
+    from kd.commands.table import plan, run_table, run_table_auto, table_by_name
     ov = _check_run_args(a)
+    if a.auto_seeds is not None:
+        if not len(set(a.seed)) <= a.auto_seeds <= 1000:
+            raise KDError(f"--auto-seeds {a.auto_seeds}: must be a whole number from the number of --seed values "
+                          f"({len(set(a.seed))}) to 1000")
+        if a.executor == "slurm":
+            raise KDError("--auto-seeds: runs here only (it reads each pass's verdicts before the next); "
+                          "not with --executor slurm")
     if _submit(a, plan(table_by_name(a.name), ov, a.seed)[0], a.seed, ov):
         print(f"`kd list --table {a.name} --status` shows progress; `kd report --table {a.name}` when done")
         return
     _logging(a)
-    _raise_failed(run_table(a.name, a.seed, ov, _env(a), group=not a.no_group))
+    if a.auto_seeds is not None:
+        _raise_failed(run_table_auto(a.name, list(dict.fromkeys(a.seed)), a.auto_seeds, ov, _env(a),
+                                     group=not a.no_group))
+    else:
+        _raise_failed(run_table(a.name, a.seed, ov, _env(a), group=not a.no_group))
     a.table, a.out = [a.name], None
     cmd_report(a)
     from kd.analysis.compare import summary
@@ -572,6 +583,9 @@ def main(argv: list[str] | None = None) -> int:
     tb = sub.add_parser("table", help="run every missing cell of a reference table, then write its report")
     tb.add_argument("name", help="table id, e.g. crd2020_table1 (see reference_tables/)")
     tb.add_argument("--seed", type=int, nargs="+", default=[0])
+    tb.add_argument("--auto-seeds", type=int, metavar="MAX",
+                    help="after --seed, add seeds 0..k-1 to every cell while an inconclusive entry says more "
+                         "seeds would settle it, k at most MAX (kd plan gives the same numbers)")
     _override_flags(tb)
     tb.add_argument("--no-group", action="store_true",
                     help="run cells one by one instead of training those that share a teacher together (kd/engine/grouping.py)")

@@ -63,3 +63,42 @@ def test_compare_check_passes_on_committed_results_and_fails_when_perturbed(tmp_
     (tmp_path / "digits.jsonl").write_text("".join(json.dumps(r) + "\n" for r in lines))
     bad = _check(tmp_path)
     assert bad.returncode == 1 and "FAIL recorded_digits | KD" in bad.stderr
+
+
+def _rows(*open_entries):
+    from types import SimpleNamespace
+    return [SimpleNamespace(verdict=v, settle=s, n=n) for v, s, n in open_entries]
+
+
+def test_auto_seeds_runs_what_the_unsettled_entries_ask_for_then_stops(monkeypatch):
+    """Each pass reads the verdicts again; every cell gets seeds 0..k-1, k the most an inconclusive entry
+    needs (n + settle) within the cap; it stops when no entry asks for a seed not yet run."""
+    import kd.commands.table as table
+    import kd.commands.verdicts as verdicts
+    from types import SimpleNamespace
+    passes = iter([_rows(("inconclusive", 2, 2), ("inconclusive", 1, 2), ("reproduced", None, 2)),
+                   _rows(("inconclusive", 9, 4)),                      # wants 13: capped at 6
+                   _rows(("inconclusive", 3, 6))])                     # wants 9, cap 6 reached: stop
+    monkeypatch.setattr(verdicts, "load", lambda results, only: SimpleNamespace(rows=next(passes)))
+    ran, said = [], []
+    monkeypatch.setattr(table, "run_table", lambda name, seeds, ov, env, group: ran.append(list(seeds)) or [])
+    assert table.run_table_auto("recorded_digits", [0, 1], 6, {}, SimpleNamespace(results=None), log=said.append) == []
+    assert ran == [[0, 1], [0, 1, 2, 3], [0, 1, 2, 3, 4, 5]]
+    assert "running seed(s) 2, 3 of every cell" in said[0] and "no seed left to run within --auto-seeds 6" in said[-1]
+    assert table.seeds_wanted(_rows(("inconclusive", 1, 3)), 10) == 4 and table.seeds_wanted([], 10) == 0
+
+
+@pytest.mark.slow
+def test_auto_seeds_settles_a_real_table(isolated, capsys):
+    """The digits table at its own recipe from one seed: the pass after it runs the seeds its inconclusive
+    entries ask for (at most 3 here), and the table ends with the same seeds for every cell."""
+    from kd.cli import main
+    assert main(["table", "recorded_digits", "--seed", "0", "--auto-seeds", "3", "--device", "cpu", "--no-progress"]) == 0
+    out = capsys.readouterr().out
+    assert "auto seeds: " in out
+    seeds = {}
+    for r in read_records(isolated / "results"):
+        if r["status"] == "ok" and r["cell_id"] != "digits-sub400/baseline/tiny_t/digits":
+            seeds.setdefault(r["cell_id"], set()).add(r["seed"])
+    assert len(seeds) == 2 and len({frozenset(s) for s in seeds.values()}) == 1     # paired: the same seeds
+    assert 1 < len(next(iter(seeds.values()))) <= 3

@@ -61,6 +61,40 @@ def run_table(name: str, seeds: list[int], overrides: dict, env, group: bool = T
     return run(todo, env, group=group)[1] if todo else []
 
 
+def run_table_auto(name: str, seeds: list[int], max_seeds: int, overrides: dict, env, group: bool = True,
+                   log=print) -> list[str]:
+    """`run_table` with `seeds`, then more seeds while more would settle an entry (`kd table --auto-seeds`).
+
+    After each pass the table's verdicts are read again (kd.commands.verdicts.load: the committed lines
+    and the user's); each inconclusive entry says how many more seeds would settle it if its mean and
+    spread stayed as measured (kd.analysis.stats.seeds_to_settle). Every cell of the table then runs the
+    seeds 0 .. k-1, k the most any entry needs (its seeds + that number), at most `max_seeds`: the same
+    seeds for every cell, so gains stay paired and runs keep training together. It stops when no entry
+    asks for a seed not yet run (all settled, or none would settle within `max_seeds`). Entries of
+    quick checks (runs with overrides) are never judged, so they never ask for seeds."""
+    from kd.commands.verdicts import load
+    errors = run_table(name, seeds, overrides, env, group)
+    while True:
+        open_rows = [r for r in load(env.results, [name]).rows if r.verdict == "inconclusive" and r.settle]
+        want = seeds_wanted(open_rows, max_seeds)
+        new = [s for s in range(want) if s not in seeds]
+        if not new:
+            log(f"auto seeds: {len(open_rows)} inconclusive entr{'y' if len(open_rows) == 1 else 'ies'} that more "
+                f"seeds would settle; no seed left to run within --auto-seeds {max_seeds}" if open_rows
+                else "auto seeds: no entry that more seeds would settle")
+            return errors
+        log(f"auto seeds: {len(open_rows)} inconclusive entr{'y' if len(open_rows) == 1 else 'ies'}; the most "
+            f"seeds one needs: {max(r.n + r.settle for r in open_rows)}; running seed(s) {', '.join(map(str, new))} of every cell")
+        seeds = seeds + new
+        errors += run_table(name, seeds, overrides, env, group)
+
+
+def seeds_wanted(open_rows, max_seeds: int) -> int:
+    """The seed count every cell should reach: the most an unsettled entry needs (its n + settle),
+    at most `max_seeds`; 0 when none needs any."""
+    return min(max_seeds, max((r.n + r.settle for r in open_rows), default=0))
+
+
 def _done(results_dir) -> set:
     """(cell id, seed) with an ok line in the folder runs are written to (not the committed lines)."""
     root = results_root(results_dir)
