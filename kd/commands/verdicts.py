@@ -140,8 +140,8 @@ def compare_command(results=None, only=None, check: bool = False, proxies: bool 
           + (f"; {sum(r.ours is not None for r in c.rows if r.proxy)} proxy entries shown, not judged "
              f"({sum(r.gain_sign == 'disagrees' for r in signs)} gain sign(s) confidently disagree"
              f"{'' if proxies else '; --proxies fails on them'})" if signs else "")
-          + ("; inconclusive entries are not failures: `kd plan TABLE` says how many seeds would settle them"
-             if n["inconclusive"] else ""))
+          + ("; inconclusive entries are not failures: `kd plan TABLE` says how many seeds would settle them, "
+             "`kd table TABLE --auto-seeds MAX` runs them" if n["inconclusive"] else ""))
     return 0
 
 
