@@ -83,8 +83,9 @@ def run_table_auto(name: str, seeds: list[int], max_seeds: int, overrides: dict,
                 f"seeds would settle; no seed left to run within --auto-seeds {max_seeds}" if open_rows
                 else "auto seeds: no entry that more seeds would settle")
             return errors
+        most = max(r.n + r.settle for r in open_rows)
         log(f"auto seeds: {len(open_rows)} inconclusive entr{'y' if len(open_rows) == 1 else 'ies'}; the most "
-            f"seeds one needs: {max(r.n + r.settle for r in open_rows)}; running seed(s) {', '.join(map(str, new))} of every cell")
+            f"seeds one needs: {most}; running seed(s) {', '.join(map(str, new))} of every cell")
         seeds = seeds + new
         errors += run_table(name, seeds, overrides, env, group)
 
