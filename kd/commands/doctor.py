@@ -159,7 +159,13 @@ def equivalence(doc: Doctor, method: str, mode: str):
     cell, recipe = _tiny_cell(method, 48 if quick else 40)     # --quick: one batch shape, one compilation
     ds = _synthetic(96, 100, 32)
     backend = "aot_eager" if quick else "inductor"
-    ref = _trained_state(cell, recipe, doc.dev, Execution("eager", channels_last=True), ds, 6)
+    # The reference on a CPU under Inductor is the eager step in NCHW: measured against a float64 step
+    # (tiny_s, batch 40), eager channels_last gradients of the 32x32 layers are 4e-4 to 1.5e-3 (relative)
+    # from the truth, NCHW eager and Inductor's channels_last step 1e-6 to 1e-5, so a channels_last eager
+    # reference fails AT and CRD+KD for eager's error, not the compiler's. aot_eager replays eager's own
+    # kernels, and CUDA keeps its default layout.
+    ref_cl = doc.cuda or backend == "aot_eager"
+    ref = _trained_state(cell, recipe, doc.dev, Execution("eager", channels_last=ref_cl), ds, 6)
     got = _trained_state(cell, recipe, doc.dev, Execution(mode, channels_last=True, backend=backend), ds, 6)
     worst, bad = 0.0, []
     for k, v in ref.items():
@@ -173,7 +179,8 @@ def equivalence(doc: Doctor, method: str, mode: str):
             bad.append(k)
     note = f"{len(bad)} tensors beyond rtol {RTOL:g}, atol {ATOL:g}: {', '.join(bad[:3])}" if bad else \
         f"{len(ref)} tensors within rtol {RTOL:g}, atol {ATOL:g}"
-    return not bad, {"max_abs_diff": worst, "tensors": len(ref), "backend": backend, "steps": 6}, note
+    return not bad, {"max_abs_diff": worst, "tensors": len(ref), "backend": backend, "steps": 6,
+                     "reference": f"eager, {'channels_last' if ref_cl else 'NCHW'}"}, note
 
 
 def speed(doc: Doctor, cell_id: str, repdistiller):
