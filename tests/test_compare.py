@@ -1,11 +1,10 @@
-"""kd.analysis.compare on synthetic tables and records (small local dataclasses, not the real reference tables)."""
+"""kd.analysis.compare on synthetic tables and records (the stand-ins of tests/synthetic.py, not the real reference tables)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
 
 import pytest
 
-from synthetic import E  # noqa: E402
+from synthetic import E, T  # noqa: E402
 
 from kd.analysis.compare import aggregate, check, compare, extras, rankings, summary, verdict
 
@@ -13,20 +12,6 @@ from kd.analysis.compare import aggregate, check, compare, extras, rankings, sum
 def cid(label, recipe="std", dataset="cifar100"):
     return f"{dataset}/{label}/resnet8x4_from_resnet32x4/{recipe}"
 
-
-@dataclass
-class T:
-    entries: list
-    id: str = "t"
-    title: str = "test table"
-    baseline_row: str | None = None
-    source: dict = field(default_factory=lambda: {"paper": "synthetic"})
-    rows: list = None
-    columns: list = None
-
-    def __post_init__(self):
-        self.rows = self.rows or [{"label": lab} for lab in dict.fromkeys(e.row for e in self.entries)]
-        self.columns = self.columns or [{"label": lab} for lab in dict.fromkeys(e.column for e in self.entries)]
 
 
 def rec(cell, seed, top1, status="ok", **kw):

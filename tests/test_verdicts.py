@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import pytest
 from scipy import stats as st
-from synthetic import E
+from synthetic import E, T
 
 from kd.analysis import stats
 from kd.analysis.compare import check, compare, rankings, verdict
@@ -24,22 +23,6 @@ REPO = Path(__file__).resolve().parent.parent
 CID = "cifar100/{}/resnet8x4_from_resnet32x4/std".format
 DIGITS_KD = "digits-sub400/kd/tiny_s_from_tiny_t/digits"
 
-
-@dataclass
-class T:
-    entries: list
-    id: str = "t"
-    title: str = "synthetic"
-    baseline_row: str | None = None
-    proxy: str | None = None
-    gain_tolerance: float | None = None
-    source: dict = field(default_factory=lambda: {"paper": "synthetic"})
-    rows: list = None
-    columns: list = None
-
-    def __post_init__(self):
-        self.rows = [{"label": lab} for lab in dict.fromkeys(e.row for e in self.entries)]
-        self.columns = [{"label": lab} for lab in dict.fromkeys(e.column for e in self.entries)]
 
 
 def rec(label, seed, top1, num_test=None):
