@@ -396,7 +396,7 @@ def cmd_plan(a):
 
 
 def cmd_table(a):
-    from kd.commands.table import plan, run_table, run_table_auto, table_by_name
+    from kd.commands.table import plan, run_table_auto, table_by_name
     ov = _check_run_args(a)
     if a.auto_seeds is not None:
         if not len(set(a.seed)) <= a.auto_seeds <= 1000:
@@ -409,11 +409,7 @@ def cmd_table(a):
         print(f"`kd list --table {a.name} --status` shows progress; `kd report --table {a.name}` when done")
         return
     _logging(a)
-    if a.auto_seeds is not None:
-        _raise_failed(run_table_auto(a.name, list(dict.fromkeys(a.seed)), a.auto_seeds, ov, _env(a),
-                                     group=not a.no_group))
-    else:
-        _raise_failed(run_table(a.name, a.seed, ov, _env(a), group=not a.no_group))
+    _raise_failed(run_table_auto(a.name, list(dict.fromkeys(a.seed)), a.auto_seeds, ov, _env(a), group=not a.no_group))
     a.table, a.out = [a.name], None
     cmd_report(a)
     from kd.analysis.compare import summary

@@ -86,6 +86,8 @@ def test_auto_seeds_runs_what_the_unsettled_entries_ask_for_then_stops(monkeypat
     assert ran == [[0, 1], [0, 1, 2, 3], [0, 1, 2, 3, 4, 5]]
     assert "running seed(s) 2, 3 of every cell" in said[0] and "no seed left to run within --auto-seeds 6" in said[-1]
     assert table.seeds_wanted(_rows(("inconclusive", 1, 3)), 10) == 4 and table.seeds_wanted([], 10) == 0
+    ran.clear()                                  # without --auto-seeds: the one pass, no verdict read (passes spent)
+    assert table.run_table_auto("recorded_digits", [0], None, {}, SimpleNamespace(results=None)) == [] and ran == [[0]]
 
 
 @pytest.mark.slow

@@ -61,9 +61,10 @@ def run_table(name: str, seeds: list[int], overrides: dict, env, group: bool = T
     return run(todo, env, group=group)[1] if todo else []
 
 
-def run_table_auto(name: str, seeds: list[int], max_seeds: int, overrides: dict, env, group: bool = True,
+def run_table_auto(name: str, seeds: list[int], max_seeds: int | None, overrides: dict, env, group: bool = True,
                    log=print) -> list[str]:
-    """`run_table` with `seeds`, then more seeds while more would settle an entry (`kd table --auto-seeds`).
+    """`run_table` with `seeds`, then more seeds while more would settle an entry (`kd table --auto-seeds`;
+    `max_seeds` None: the one pass).
 
     After each pass the table's verdicts are read again (kd.commands.verdicts.load: the committed lines
     and the user's); each inconclusive entry says how many more seeds would settle it if its mean and
@@ -74,20 +75,20 @@ def run_table_auto(name: str, seeds: list[int], max_seeds: int, overrides: dict,
     quick checks (runs with overrides) are never judged, so they never ask for seeds."""
     from kd.commands.verdicts import load
     errors = run_table(name, seeds, overrides, env, group)
-    while True:
+    while max_seeds is not None:
         open_rows = [r for r in load(env.results, [name]).rows if r.verdict == "inconclusive" and r.settle]
         want = seeds_wanted(open_rows, max_seeds)
         new = [s for s in range(want) if s not in seeds]
+        entries = f"{len(open_rows)} inconclusive entr{'y' if len(open_rows) == 1 else 'ies'}"
         if not new:
-            log(f"auto seeds: {len(open_rows)} inconclusive entr{'y' if len(open_rows) == 1 else 'ies'} that more "
-                f"seeds would settle; no seed left to run within --auto-seeds {max_seeds}" if open_rows
-                else "auto seeds: no entry that more seeds would settle")
+            log(f"auto seeds: {entries} that more seeds would settle; no seed left to run within --auto-seeds "
+                f"{max_seeds}" if open_rows else "auto seeds: no entry that more seeds would settle")
             return errors
-        most = max(r.n + r.settle for r in open_rows)
-        log(f"auto seeds: {len(open_rows)} inconclusive entr{'y' if len(open_rows) == 1 else 'ies'}; the most "
-            f"seeds one needs: {most}; running seed(s) {', '.join(map(str, new))} of every cell")
+        log(f"auto seeds: {entries}; the most seeds one needs: {max(r.n + r.settle for r in open_rows)}; "
+            f"running seed(s) {', '.join(map(str, new))} of every cell")
         seeds = seeds + new
         errors += run_table(name, seeds, overrides, env, group)
+    return errors
 
 
 def seeds_wanted(open_rows, max_seeds: int) -> int:
