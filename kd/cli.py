@@ -134,10 +134,8 @@ def _execution(a):
     """--mode / --no-channels-last on the chosen device (None: the device's default)."""
     if not a.mode and not a.no_channels_last:
         return None
-    import torch
     from kd.engine.execution import resolve
-    dev = torch.device(a.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    return resolve(dev, a.mode, False if a.no_channels_last else None)
+    return resolve(a.device, a.mode, False if a.no_channels_last else None)
 
 
 def _at_least(a, low: int, *flags: str) -> None:

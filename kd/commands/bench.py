@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from kd.errors import KDError
-from kd.engine.execution import Execution
+from kd.engine.execution import Execution, pick_device
 from kd.engine.optim import set_lr
 
 CIFAR_MEAN, CIFAR_STD = (0.5071, 0.4867, 0.4408), (0.2675, 0.2565, 0.2761)
@@ -209,7 +209,7 @@ def bench(cell_id: str, *, modes=None, device=None, steps=30, warmup=10, rounds=
           log=print) -> list[dict]:
     """Time the contenders, print a table, append one speed line per contender; returns the lines."""
     from kd.catalog.cells import find_cell, load_recipe
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = pick_device(device)
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise KDError("--device cuda: no CUDA device is visible")
     modes = modes or (["eager", "graph"] if dev.type == "cuda" else ["eager"])
@@ -326,7 +326,7 @@ def bench_group(table: str, *, seed=0, overrides=None, device=None, threads=None
     from kd.records.results import append_record, read_records, results_root
     if threads:
         torch.set_num_threads(threads)
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    dev = pick_device(device)
     ov = dict(overrides or {})
     cells, _ = plan(table_by_name(table), ov, [seed])
     specs = [RunSpec.of(c, seed, ov) for c in cells]

@@ -338,7 +338,8 @@ def doctor(*, quick: bool = False, device: str | None = None, budget_s: float | 
         raise KDError(f"--budget-s {budget_s:g}: must be a number of seconds in (0, 86400]")
     if device is None and not torch.cuda.is_available():
         log("kd doctor: no CUDA device on this machine: the CPU form runs, without the CUDA rows")
-    dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    from kd.engine.execution import pick_device
+    dev = pick_device(device)
     if dev.type not in ("cpu", "cuda"):
         raise KDError(f"--device {dev}: kd doctor checks cpu and cuda devices")
     budget = budget_s or (QUICK_BUDGET_S if quick and dev.type == "cpu" else DEFAULT_BUDGET_S)

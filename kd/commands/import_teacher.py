@@ -144,15 +144,11 @@ def _stored_sha(dst: Path) -> str:
     return words[0][:12] + "…" if words else "an empty sha256 sidecar"
 
 
-def device_of(device: str | None):
-    import torch
-    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
-
-
 def import_teacher(cell, src: Path, sha256: str, *, data_root=None, store=None, results_dir=None,
                    device: str | None = None, force: bool = False) -> dict:
     from kd.catalog.cells import load_recipe
     from kd.data import load_dataset
+    from kd.engine.execution import pick_device
     from kd.records.store import store_root
     store = store_root(store)
     c = check_file(cell, src, store, force)
@@ -160,5 +156,5 @@ def import_teacher(cell, src: Path, sha256: str, *, data_root=None, store=None, 
         raise KDError(f"{c.src}: sha256 is {c.digest}, not the {sha256} you gave; nothing imported")
     check_targets(c, store, results_dir)
     ds = load_dataset(cell.dataset, data_root, seed=load_recipe(cell.recipe).data_seed)
-    evaluate(c, ds, device_of(device))
+    evaluate(c, ds, pick_device(device))
     return install(c, store, results_dir, {})

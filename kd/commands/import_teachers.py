@@ -167,8 +167,9 @@ def import_teachers(root, *, downloads=(), data_root=None, store=None, results_d
                     force=False, log=print) -> list[dict]:
     """Download (when asked), find, check, evaluate, compare and import; the result lines written."""
     from kd.catalog.cells import find_cell, load_recipe
-    from kd.commands.import_teacher import check_file, check_targets, device_of, evaluate, install
+    from kd.commands.import_teacher import check_file, check_targets, evaluate, install
     from kd.data import load_dataset
+    from kd.engine.execution import pick_device
     from kd.records.store import store_root
     root, store, pub = Path(root), store_root(store), published_teachers()
     if not downloads and not root.is_dir():
@@ -186,7 +187,7 @@ def import_teachers(root, *, downloads=(), data_root=None, store=None, results_d
     for c in checked:
         check_targets(c, store, results_dir)               # every write target, before any evaluation
     ds = load_dataset("cifar100", data_root, seed=load_recipe(checked[0].cell.recipe).data_seed)
-    dev, refused, compared = device_of(device), [], []
+    dev, refused, compared = pick_device(device), [], []
     for f, c in zip(found, checked):
         f.downloaded, f.published = fetched.get(f.path.resolve()), pub[f.model]
         evaluate(c, ds, dev)

@@ -194,10 +194,8 @@ class _Job(submitit.helpers.Checkpointable):
         """--mode / --no-channels-last on the job's device (None: that device's default)."""
         if self.mode is None and self.channels_last is None:
             return None
-        import torch
         from kd.engine.execution import resolve
-        dev = torch.device(self.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-        return resolve(dev, self.mode, self.channels_last)
+        return resolve(self.device, self.mode, self.channels_last)
 
     def checkpoint(self, *args, **kwargs):
         """Time limit or preemption: resubmit the same job. Nothing needs pickling: each run resumes

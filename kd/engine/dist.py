@@ -42,6 +42,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from kd.engine.execution import pick_device
 from kd.errors import KDError
 
 
@@ -155,7 +156,7 @@ def setup(device: torch.device | None, batch_size: int) -> torch.device:
     _from_submitit()
     _, size, local = environment()
     if size <= 1:
-        return device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return device or pick_device()
     check_batch(batch_size, size)
     if device is None:
         device = _rank_device(local)

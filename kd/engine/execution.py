@@ -184,7 +184,14 @@ def default_execution(device: torch.device) -> Execution:
     return Execution("eager", channels_last=True)
 
 
-def resolve(device: torch.device, mode: str | None = None, channels_last: bool | None = None) -> Execution:
-    """The device's default, with what the user set (--mode, --no-channels-last) in its place."""
+def pick_device(device: torch.device | str | None = None) -> torch.device:
+    """`device` as given, else CUDA when it is available, else the CPU."""
+    return torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+
+
+def resolve(device: torch.device | str | None, mode: str | None = None, channels_last: bool | None = None) -> Execution:
+    """The device's default (`device` None: pick_device's), with what the user set (--mode,
+    --no-channels-last) in its place."""
+    device = pick_device(device)
     d = default_execution(device)
     return Execution(mode or d.mode, d.channels_last if channels_last is None else channels_last).check(device)
